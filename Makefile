@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/loom run samples/mlp.loom --target cpu --random-inputs 0 --check --print-outputs
+	$(BIN)/loom run samples/mlp.loom --target cpu --random-inputs 0 --check --report json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cpu_matmul.py
+	$(BIN)/python benchmarks/cpu_models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,105 @@
+"""The one face every compiled model shows, whatever the target.
+
+`Artifact.run(**inputs)` checks the inputs against the model signature,
+executes, and returns the outputs by name; `report` collects what the target
+knows (wall time at least). Differential tests rely on this uniformity: one
+harness compares every target with the reference interpreter.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compiler.diagnostics import LoomError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # DSL spelling: f32, f16, bf16, i8, i32
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype({"f32": np.float32, "bf16": np.float32, "f16": np.float16,
+                         "i8": np.int8, "i32": np.int32}[self.dtype])
+
+    def describe(self) -> str:
+        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def coerce_inputs(signature: ModelSignature, given: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Check names and shapes of `given` and cast each array to its declared dtype."""
+    expected = {spec.name for spec in signature.inputs}
+    unknown = sorted(set(given) - expected)
+    missing = [spec.name for spec in signature.inputs if spec.name not in given]
+    if unknown:
+        raise LoomError(f"model '{signature.name}' has no input named {', '.join(unknown)}")
+    if missing:
+        raise LoomError(f"model '{signature.name}' is missing input(s) {', '.join(missing)}")
+    out: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        array = np.asarray(given[spec.name])
+        if array.shape != spec.shape:
+            raise LoomError(
+                f"input '{spec.name}' must have shape {list(spec.shape)} ({spec.describe()}), "
+                f"got {list(array.shape)}"
+            )
+        out[spec.name] = np.ascontiguousarray(array, dtype=spec.numpy_dtype)
+    return out
+
+
+def random_inputs(signature: ModelSignature, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic test inputs: standard normal floats, small integers."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in signature.inputs:
+        if spec.dtype in ("i8", "i32"):
+            out[spec.name] = rng.integers(-8, 8, size=spec.shape).astype(spec.numpy_dtype)
+        else:
+            out[spec.name] = rng.standard_normal(spec.shape).astype(spec.numpy_dtype)
+    return out
+
+
+class Artifact(ABC):
+    """A model compiled for one target."""
+
+    def __init__(self, target: str, signature: ModelSignature):
+        self.target = target
+        self.signature = signature
+        self.report: dict[str, Any] = {"target": target, "model": signature.name}
+
+    @property
+    def model(self) -> str:
+        return self.signature.name
+
+    def run(self, **inputs: Any) -> dict[str, np.ndarray]:
+        arrays = coerce_inputs(self.signature, inputs)
+        start = time.perf_counter()
+        outputs = self._execute(arrays)
+        self.report["wall_time_s"] = time.perf_counter() - start
+        self.report["outputs"] = {
+            spec.name: {"shape": list(spec.shape), "dtype": spec.dtype}
+            for spec in self.signature.outputs
+        }
+        return outputs
+
+    @abstractmethod
+    def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on checked, contiguous inputs; return outputs by name."""
+
+    def emit(self, kind: str, path: str) -> list[str]:
+        """Write the artifact as `kind` under `path`; return the files written."""
+        raise LoomError(f"target '{self.target}' cannot emit '{kind}'")
