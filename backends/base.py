@@ -1,0 +1,39 @@
+"""The interface every target implements, built-in or plugin.
+
+A backend names the pipeline that lowers the nn dialect to what it consumes,
+then turns the lowered module into an `Artifact`. The driver runs the
+pipeline with the shared pass manager, so every target gets verification,
+IR dumps and pass timing for free.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from xdsl.dialects.builtin import ModuleOp
+
+from compiler.artifact import Artifact, ModelSignature
+
+
+@dataclass
+class CompileOptions:
+    """Target-independent knobs; `extra` carries target-specific ones."""
+
+    opt_level: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    emit_kinds: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def pipeline(self, options: CompileOptions) -> str:
+        """Pass pipeline from the (already simplified) nn dialect to this target's input."""
+
+    @abstractmethod
+    def build(self, module: ModuleOp, signature: ModelSignature, options: CompileOptions) -> Artifact:
+        """Turn the lowered module holding one model into a runnable artifact."""
