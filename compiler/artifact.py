@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from xdsl.dialects.builtin import ModuleOp
+
 from compiler.diagnostics import LoomError
+from compiler.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Artifact(ABC):
         self.target = target
         self.signature = signature
         self.report: dict[str, Any] = {"target": target, "model": signature.name}
+        # Set by the driver: the untouched nn module (the oracle's input) and
+        # the IR text of each stage.
+        self.reference_module: ModuleOp | None = None
+        self.stages: Any = None
 
     @property
     def model(self) -> str:
@@ -101,5 +108,14 @@ class Artifact(ABC):
         """Run on checked, contiguous inputs; return outputs by name."""
 
     def emit(self, kind: str, path: str) -> list[str]:
-        """Write the artifact as `kind` under `path`; return the files written."""
-        raise LoomError(f"target '{self.target}' cannot emit '{kind}'")
+        """Write the artifact as `kind` to `path`; return the files written.
+
+        Every target can emit its IR stages: `nn` (after model-level passes)
+        and `ir` (what the backend consumed). Subclasses add their own kinds
+        and defer to this for the rest.
+        """
+        stage = {"nn": "nn", "ir": "lowered"}.get(kind)
+        if stage is None or self.stages is None:
+            raise LoomError(f"target '{self.target}' cannot emit '{kind}'")
+        write_atomic(path, getattr(self.stages, stage) + "\n")
+        return [str(path)]

@@ -1,0 +1,258 @@
+"""The `loom` command line.
+
+User errors print `path:line:col: error: ...` and exit 1; a bug in Loom
+prints "internal error" with the traceback and exits 3, so the two are never
+confused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.diagnostics import LoomError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 3
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a .loom model file (or an nn-level .mlir module)")
+    p.add_argument("--model", help="which model of the file (needed when it defines several)")
+    p.add_argument("--target", default="cpu", help="target to compile for (see `loom targets`)")
+    p.add_argument("--weights", metavar="W.npz", help="values of params declared without an initializer")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
+                   help="extra nn-level pass pipeline, e.g. 'fold-constants,cse'")
+    p.add_argument("-O", dest="opt_level", type=int, default=3, choices=range(4), help="optimisation level")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after the named pass (repeatable)")
+    p.add_argument("--timing", action="store_true", help="print pass timing (stderr)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loom",
+        description="Loom: compile neural-network models written in the .loom DSL for CPUs and accelerators.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile a model and write the result",
+                       description="Compile a model and write IR, LLVM IR, an object file or a shared library.")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: MODEL.EXT in the current directory)")
+    p.add_argument("--emit", default=None,
+                   help="what to write: nn (nn-level IR), ir (lowered IR), or a target kind "
+                        "such as llvm, asm, obj, shared (default: the target's first kind)")
+
+    p = sub.add_parser("run", help="compile and run a model",
+                       description="Compile a model, run it on given or random inputs and report.")
+    _add_model_args(p)
+    inputs = p.add_mutually_exclusive_group()
+    inputs.add_argument("--inputs", metavar="I.npz", help="input arrays by input name")
+    inputs.add_argument("--random-inputs", type=int, metavar="SEED", default=None,
+                        help="deterministic random inputs (default seed 0 when --inputs is absent)")
+    p.add_argument("--check", action="store_true",
+                   help="compare with the reference interpreter; exit 1 if the error exceeds --tolerance")
+    p.add_argument("--tolerance", type=float, default=None, help="max abs error for --check")
+    p.add_argument("--report", choices=["text", "json"], default="text", help="report format")
+    p.add_argument("--print-outputs", action="store_true", help="print output values")
+    p.add_argument("--save-outputs", metavar="O.npz", help="write outputs to an .npz file")
+
+    p = sub.add_parser("check", help="parse and verify a model file without compiling",
+                       description="Parse, type-check and verify a .loom or .mlir file.")
+    p.add_argument("file")
+    p.add_argument("--weights", metavar="W.npz")
+
+    p = sub.add_parser("opt", help="run a pass pipeline on an MLIR module and print it",
+                       description="Parse an MLIR (or .loom) module, run a pipeline, print the result.")
+    p.add_argument("file")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE")
+    p.add_argument("-o", "--output", metavar="OUT")
+    p.add_argument("--print-ir-after-all", action="store_true")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    p.add_argument("--timing", action="store_true")
+
+    sub.add_parser("passes", help="list registered passes")
+    sub.add_parser("targets", help="list registered targets")
+    return parser
+
+
+def _pass_options(args: argparse.Namespace):
+    from compiler.pass_manager import PassManagerOptions
+
+    return PassManagerOptions(
+        print_ir_after_all=args.print_ir_after_all,
+        print_ir_after=set(args.print_ir_after),
+        timing=args.timing,
+    )
+
+
+def _compile(args: argparse.Namespace):
+    import compiler
+
+    return compiler.compile(
+        args.file,
+        target=args.target,
+        model=args.model,
+        weights=args.weights,
+        passes=args.passes,
+        options=compiler.CompileOptions(opt_level=args.opt_level),
+        pass_options=_pass_options(args),
+    )
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    artifact = _compile(args)
+    from backends.registry import get_backend
+
+    kinds = get_backend(args.target).emit_kinds
+    kind = args.emit or (kinds[0] if kinds else "ir")
+    suffix = {"nn": ".nn.mlir", "ir": ".mlir", "llvm": ".ll", "asm": ".s", "obj": ".o", "shared": ".so"}
+    output = args.output or f"{artifact.model}{suffix.get(kind, '.' + kind)}"
+    for written in artifact.emit(kind, output):
+        print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace, artifact) -> dict[str, np.ndarray]:
+    from compiler.artifact import random_inputs
+
+    if args.inputs:
+        path = Path(args.inputs)
+        if not path.is_file():
+            raise LoomError(f"inputs file '{path}' does not exist")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    return random_inputs(artifact.signature, args.random_inputs or 0)
+
+
+def _describe(array: np.ndarray) -> str:
+    return f"{array.dtype}{list(array.shape)}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compiler.api import check, default_tolerance
+    from compiler.files import write_atomic
+
+    artifact = _compile(args)
+    inputs = _read_inputs(args, artifact)
+    failed = False
+    if args.check:
+        result = check(artifact, inputs)
+        outputs = result.outputs
+        tolerance = default_tolerance(artifact) if args.tolerance is None else args.tolerance
+        failed = result.max_abs_err > tolerance
+        artifact.report["tolerance"] = tolerance
+    else:
+        outputs = artifact.run(**inputs)
+    if args.save_outputs:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        write_atomic(args.save_outputs, buffer.getvalue())
+
+    report: dict[str, Any] = dict(artifact.report)
+    if args.report == "json":
+        print(json.dumps(report, sort_keys=True, default=float))
+    else:
+        print(f"model {artifact.model} on {artifact.target}")
+        for name, value in outputs.items():
+            print(f"  output {name}: {_describe(value)}")
+            if args.print_outputs:
+                with np.printoptions(precision=5, suppress=True, threshold=64):
+                    print("    " + str(value).replace("\n", "\n    "))
+        for key, value in report.items():
+            if key not in ("outputs", "model", "target"):
+                print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
+    if failed:
+        print(
+            f"error: max abs error {report['max_abs_err']:.3g} exceeds tolerance {report['tolerance']:.3g}",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from compiler.api import load_module
+    from compiler.model import models, signature_of
+
+    module = load_module(args.file, args.weights)
+    for f in models(module):
+        sig = signature_of(f)
+        ins = ", ".join(f"{s.name}: {s.describe()}" for s in sig.inputs)
+        outs = ", ".join(f"{s.name}: {s.describe()}" for s in sig.outputs)
+        print(f"{args.file}: model {sig.name} ({ins}) -> ({outs}) ok")
+    return 0
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    from compiler.api import load_module
+    from compiler.context import make_context
+    from compiler.files import write_atomic
+    from compiler.pass_manager import PassManager
+
+    module = load_module(args.file)
+    PassManager.from_pipeline(make_context(), args.passes, _pass_options(args)).run(module)
+    text = str(module) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from passes import registry
+
+    for name in registry.pass_names():
+        print(f"{name:28} {registry.describe(name)}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from backends import registry
+
+    for name in registry.backend_names():
+        cls = registry.get_backend(name)
+        print(f"{name:12} {cls.description if cls else ''}")
+    return 0
+
+
+COMMANDS = {
+    "compile": cmd_compile,
+    "run": cmd_run,
+    "check": cmd_check,
+    "opt": cmd_opt,
+    "passes": cmd_passes,
+    "targets": cmd_targets,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LoomError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # anything else is a bug in Loom
+        traceback.print_exc()
+        print(f"loom: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("loom: this is a bug in Loom, not in your input; please report it with the input above",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
