@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xdsl.context import Context
-from xdsl.dialects import arith, func, linalg, math, memref, scf, tensor
+from xdsl.dialects import affine, arith, func, linalg, math, memref, scf, tensor
 from xdsl.dialects.builtin import Builtin
 
 from dialects.nn import NN
@@ -13,6 +13,6 @@ def make_context() -> Context:
     """A context with Loom's dialects and the upstream ones its lowerings use."""
     ctx = Context()
     for dialect in (Builtin, func.Func, arith.Arith, math.Math, scf.Scf, memref.MemRef,
-                    linalg.Linalg, tensor.Tensor, NN):
+                    linalg.Linalg, tensor.Tensor, affine.Affine, NN):
         ctx.load_dialect(dialect)
     return ctx

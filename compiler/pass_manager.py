@@ -27,7 +27,7 @@ class PassManagerOptions:
     print_ir_after_all: bool = False
     print_ir_after: set[str] = field(default_factory=set)
     timing: bool = False
-    stream: TextIO = sys.stderr
+    stream: TextIO | None = None  # default: sys.stderr at the time of printing
 
 
 def build_pipeline(pipeline: str) -> list[ModulePass]:
@@ -61,6 +61,10 @@ class PassManager:
     def from_pipeline(cls, ctx: Context, pipeline: str, options: PassManagerOptions | None = None) -> PassManager:
         return cls(ctx, build_pipeline(pipeline), options)
 
+    @property
+    def stream(self) -> TextIO:
+        return self.options.stream or sys.stderr
+
     def run(self, module: ModuleOp) -> None:
         opts = self.options
         for p in self.passes:
@@ -72,14 +76,14 @@ class PassManager:
             except VerifyException as e:
                 raise InternalError(f"IR failed to verify after pass '{p.name}': {e}") from e
             if opts.print_ir_after_all or p.name in opts.print_ir_after:
-                print(f"// -----// IR Dump After {p.name} //----- //", file=opts.stream)
-                print(module, file=opts.stream)
+                print(f"// -----// IR Dump After {p.name} //----- //", file=self.stream)
+                print(module, file=self.stream)
         if opts.timing:
             self.print_timing()
 
     def print_timing(self) -> None:
         total = sum(t for _, t in self.timings) or 1e-12
-        out = self.options.stream
+        out = self.stream
         print("===-------------------------------------------------------===", file=out)
         print("                    Pass execution timing", file=out)
         print("===-------------------------------------------------------===", file=out)

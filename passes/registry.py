@@ -17,6 +17,10 @@ _BUILTIN: dict[str, str] = {
     "cse": "xdsl.transforms.common_subexpression_elimination:CommonSubexpressionElimination",
     "dce": "xdsl.transforms.dead_code_elimination:DeadCodeElimination",
     "convert-linalg-to-loops": "xdsl.transforms.convert_linalg_to_loops:ConvertLinalgToLoopsPass",
+    "lower-affine": "xdsl.transforms.lower_affine:LowerAffinePass",
+    "convert-nn-to-linalg": "passes.convert_nn_to_linalg:ConvertNNToLinalgPass",
+    "bufferize": "passes.bufferize:BufferizePass",
+    "fold-constants": "passes.fold_constants:FoldConstantsPass",
 }
 
 _registered: dict[str, type[ModulePass]] = {}

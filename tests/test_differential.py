@@ -11,7 +11,7 @@ import pytest
 
 import compiler
 from compiler.artifact import random_inputs
-from conftest import SAMPLES, compiled
+from harness import SAMPLES, compiled
 
 TARGETS = ["cpu", "interp"]
 

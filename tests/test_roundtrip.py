@@ -10,7 +10,7 @@ from compiler.api import MODEL_PIPELINE, load_module, select_model
 from compiler.context import make_context
 from compiler.mlir import parse_mlir
 from compiler.pass_manager import build_pipeline
-from conftest import SAMPLES
+from harness import SAMPLES
 
 
 def _assert_roundtrips(module, where: str) -> None:

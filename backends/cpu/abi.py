@@ -1,0 +1,87 @@
+"""The calling convention of a compiled model, shared by the JIT and by C users.
+
+A model `m` becomes ``void loom_m(const T *in0, ..., T *out0, ...)``: one
+pointer per tensor, inputs first, then outputs, each a dense row-major
+buffer that the caller owns. Buffers must be `ALIGNMENT`-byte aligned and
+must not overlap an output; the generated code is allowed to assume both,
+which is what lets LLVM vectorise without runtime checks.
+
+Narrow floats cross the boundary as raw 16-bit patterns (`uint16_t` in C):
+IEEE binary16 for f16 and the upper half of a binary32 for bf16. Python
+holds bf16 as float32 values, so the artifact converts on the way in and out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.artifact import ModelSignature, TensorSpec
+from dialects.nn import round_to_bf16
+
+ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class ElementAbi:
+    storage: np.dtype  # how one element is laid out in the caller's buffer
+    c_type: str
+
+
+ELEMENT_ABI: dict[str, ElementAbi] = {
+    "f32": ElementAbi(np.dtype(np.float32), "float"),
+    "f16": ElementAbi(np.dtype(np.float16), "uint16_t"),
+    "bf16": ElementAbi(np.dtype(np.uint16), "uint16_t"),
+    "i8": ElementAbi(np.dtype(np.int8), "int8_t"),
+    "i32": ElementAbi(np.dtype(np.int32), "int32_t"),
+}
+
+
+def c_identifier(name: str) -> str:
+    """`name` with every character C does not allow in identifiers replaced by '_'."""
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII)
+    return f"_{ident}" if ident[:1].isdigit() else ident
+
+
+def entry_symbol(model: str) -> str:
+    return f"loom_{c_identifier(model)}"
+
+
+def parameter_names(signature: ModelSignature) -> list[str]:
+    """C parameter names for the entry point's inputs then outputs, all distinct."""
+    names: list[str] = []
+    for spec in signature.inputs + signature.outputs:
+        name = c_identifier(spec.name)
+        while name in names:
+            name += "_out"
+        names.append(name)
+    return names
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an `ALIGNMENT` boundary."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def to_storage(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """`array` (already of `spec.numpy_dtype`) in the aligned layout the entry point reads."""
+    if spec.dtype == "bf16":
+        array = (round_to_bf16(array).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    if array.ctypes.data % ALIGNMENT == 0 and array.flags.c_contiguous:
+        return array
+    buffer = aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage)
+    buffer[...] = array
+    return buffer
+
+
+def from_storage(spec: TensorSpec, buffer: np.ndarray) -> np.ndarray:
+    """An output buffer converted to the dtype Python-side code expects."""
+    if spec.dtype == "bf16":
+        return (buffer.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return buffer

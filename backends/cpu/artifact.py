@@ -1,0 +1,71 @@
+"""A model compiled to native code for the host CPU and loaded in-process."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from backends.cpu.abi import ELEMENT_ABI, aligned_empty, from_storage, to_storage
+from backends.cpu.emitter import emit_model
+from backends.cpu.header import c_header
+from backends.cpu.toolchain import JitEngine, host_target, link_shared, optimise, target_machine
+from compiler.artifact import Artifact, ModelSignature
+from compiler.files import write_atomic
+
+
+class CpuArtifact(Artifact):
+    """Emits LLVM IR for the lowered model, optimises it for the host and JIT-loads the object.
+
+    The optimised LLVM module and its object code stay on the artifact, so
+    `emit` writes exactly the code that `run` executes.
+    """
+
+    def __init__(self, module: ModuleOp, signature: ModelSignature, opt_level: int):
+        super().__init__("cpu", signature)
+        start = time.perf_counter()
+        emitted = emit_model(module, signature)
+        ir_text = str(emitted.module)
+        self._machine = target_machine(opt_level)
+        self._llvm = optimise(ir_text, self._machine, opt_level)
+        self._object = self._machine.emit_object(self._llvm)
+        self._jit = JitEngine(self._object, self._machine)
+        arity = len(signature.inputs) + len(signature.outputs)
+        prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arity)
+        self._entry = prototype(self._jit.address_of(emitted.entry))
+        host = host_target()
+        self.report.update(
+            compile_time_s=time.perf_counter() - start,
+            llvm_ir_bytes=len(ir_text.encode()),
+            object_bytes=len(self._object),
+            opt_level=opt_level,
+            target_triple=host.triple,
+            cpu=host.cpu,
+        )
+
+    def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        buffers = [to_storage(spec, inputs[spec.name]) for spec in self.signature.inputs]
+        outputs = [aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage)
+                   for spec in self.signature.outputs]
+        self._entry(*[b.ctypes.data for b in buffers + outputs])
+        return {spec.name: from_storage(spec, out) for spec, out in zip(self.signature.outputs, outputs)}
+
+    def emit(self, kind: str, path: str) -> list[str]:
+        target = Path(path)
+        if kind == "llvm":
+            write_atomic(target, str(self._llvm))
+            return [str(target)]
+        if kind == "asm":
+            write_atomic(target, self._machine.emit_assembly(self._llvm))
+            return [str(target)]
+        if kind in ("obj", "shared"):
+            binary = self._object if kind == "obj" else link_shared(self._object)
+            header = target.with_suffix(".h")
+            text = c_header(self.signature, header.stem)
+            write_atomic(target, binary)
+            write_atomic(header, text)
+            return [str(target), str(header)]
+        return super().emit(kind, path)

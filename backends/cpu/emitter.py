@@ -1,0 +1,719 @@
+"""Translate a loop-level model module straight into LLVM IR (llvmlite).
+
+The CPU pipeline leaves a module made of `memref.global` constants and one
+destination-passing `func.func` whose body uses only scf loops, memref
+accesses and arith/math scalars. That module is printed here as LLVM IR
+directly rather than being lowered to xDSL's `llvm` dialect first: xDSL has
+no arith/func/cf-to-llvm conversions to build on, and emitting by hand is
+what lets us state the facts LLVM needs to vectorise — `noalias`, alignment
+and dereferenceable sizes on every buffer, `nsw` index arithmetic — and pick
+fast-math flags per instruction.
+
+Representation choices:
+
+* A memref is a bare pointer. Shapes and layouts are static, so strides are
+  compile-time constants and every access becomes one `getelementptr` on a
+  linear offset; `collapse_shape`/`expand_shape` reuse the pointer.
+* f16 values live in registers as `half`; bf16 values as `float` holding a
+  value exactly representable in bf16 and in memory as its upper 16 bits
+  (`i16`), so no LLVM bfloat support is needed. Arithmetic on either narrow
+  type runs in f32 and rounds the result once (round-to-nearest-even).
+* i1 is stored as one byte.
+* Float arithmetic carries `contract` (so `a*b+c` may become an FMA, which
+  only removes a rounding step) plus whatever flags the op itself declares.
+  Reassociation is deliberately not implied: it would let reductions
+  vectorise, but it changes summation order and with it results beyond what
+  the differential tests against the reference interpreter accept.
+* Integer division by zero yields 0 and `INT_MIN / -1` wraps, as in numpy,
+  instead of trapping and taking the host process down.
+"""
+
+from __future__ import annotations
+
+import math as pymath
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from xdsl.dialects import arith, func, math, memref, scf
+from xdsl.dialects.builtin import (
+    BFloat16Type,
+    DenseIntOrFPElementsAttr,
+    Float16Type,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IndexType,
+    IntegerAttr,
+    IntegerType,
+    MemRefType,
+    ModuleOp,
+    NoneAttr,
+    UnitAttr,
+)
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+
+from backends.cpu.abi import ALIGNMENT, entry_symbol, parameter_names
+from compiler.artifact import ModelSignature
+from compiler.diagnostics import InternalError
+from compiler.model import models
+from dialects.nn import round_to_bf16
+
+# Buffers allocated at the top level of the model live on the stack while
+# each is at most STACK_BUFFER_LIMIT bytes and together they fit in
+# STACK_BUDGET; larger ones, and any allocated inside a loop, come from the heap.
+STACK_BUFFER_LIMIT = 16 * 1024
+STACK_BUDGET = 256 * 1024
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F16 = ir.HalfType()
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+PTR = ir.PointerType()
+
+
+def opaque(pointer: ir.Value) -> ir.Value:
+    """`pointer` typed as a plain `ptr`.
+
+    llvmlite still tracks pointee types in Python for allocas and globals and
+    rejects stores of another type through them; the printed IR uses opaque
+    pointers either way, so retyping changes nothing but that check.
+    """
+    pointer.type = PTR
+    return pointer
+
+
+def unsupported(what: str) -> InternalError:
+    return InternalError(f"cpu backend: unsupported op {what}")
+
+
+# --------------------------------------------------------------------------
+# Types
+# --------------------------------------------------------------------------
+
+
+def register_type(t: Attribute) -> ir.Type:
+    """The LLVM type an SSA value of type `t` is held in."""
+    if isinstance(t, IndexType):
+        return I64
+    if isinstance(t, IntegerType):
+        return ir.IntType(t.width.data)
+    if isinstance(t, Float16Type):
+        return F16
+    if isinstance(t, Float32Type | BFloat16Type):
+        return F32
+    if isinstance(t, Float64Type):
+        return F64
+    raise InternalError(f"cpu backend: unsupported element type {t}")
+
+
+def storage_type(t: Attribute) -> ir.Type:
+    """The LLVM type one memref element of type `t` occupies in memory."""
+    if isinstance(t, BFloat16Type):
+        return I16
+    if isinstance(t, IntegerType) and t.width.data == 1:
+        return I8
+    return register_type(t)
+
+
+FLOAT_BYTES = {F16: 2, F32: 4, F64: 8}
+
+
+def storage_size(t: Attribute) -> int:
+    storage = storage_type(t)
+    return storage.width // 8 if isinstance(storage, ir.IntType) else FLOAT_BYTES[storage]
+
+
+def is_narrow_float(t: Attribute) -> bool:
+    return isinstance(t, Float16Type | BFloat16Type)
+
+
+def memref_bytes(t: MemRefType) -> int:
+    return pymath.prod(t.get_shape()) * storage_size(t.element_type)
+
+
+def identity_strides(shape: Sequence[int]) -> list[int]:
+    strides, running = [], 1
+    for size in reversed(shape):
+        strides.append(running)
+        running *= size
+    return strides[::-1]
+
+
+def check_memref(t: Attribute) -> MemRefType:
+    if not isinstance(t, MemRefType) or any(d < 0 for d in t.get_shape()):
+        raise InternalError(f"cpu backend: expected a statically shaped memref, got {t}")
+    if not isinstance(t.layout, NoneAttr):
+        raise InternalError(f"cpu backend: only identity layouts are supported, got {t}")
+    return t
+
+
+# --------------------------------------------------------------------------
+# Globals
+# --------------------------------------------------------------------------
+
+
+def _bytes_literal(data: bytes) -> str:
+    """`data` as an LLVM `c"..."` literal, built without a per-byte Python loop."""
+    hex_digits = np.frombuffer(data.hex().encode(), dtype=np.uint8).reshape(-1, 2)
+    escaped = np.empty((len(data), 3), dtype=np.uint8)
+    escaped[:, 0] = ord("\\")
+    escaped[:, 1:] = hex_digits
+    return f'c"{escaped.tobytes().decode()}"'
+
+
+def global_bytes(op: memref.GlobalOp) -> bytes | None:
+    """The initial contents of a global in storage layout; None means all zero."""
+    t = check_memref(op.type)
+    value = op.initial_value
+    if isinstance(value, UnitAttr):
+        return None
+    assert isinstance(value, DenseIntOrFPElementsAttr)
+    data = value.data.data
+    size = memref_bytes(t)
+    if len(data) != size:  # a splat stores its single element once
+        data = data * (size // len(data))
+    if storage_type(t.element_type) == I8 and register_type(t.element_type) == I1:
+        data = (np.frombuffer(data, dtype=np.uint8) != 0).astype(np.uint8).tobytes()
+    if not any(data):
+        return None
+    return data
+
+
+def declare_global(module: ir.Module, op: memref.GlobalOp) -> ir.GlobalVariable:
+    size = memref_bytes(check_memref(op.type))
+    array = ir.ArrayType(I8, size)
+    variable = ir.GlobalVariable(module, array, name=f"const.{op.sym_name.data}")
+    data = global_bytes(op)
+    variable.initializer = (
+        ir.Constant(array, None) if data is None else ir.FormattedConstant(array, _bytes_literal(data))
+    )
+    variable.global_constant = op.constant is not None
+    variable.linkage = "private"
+    variable.unnamed_addr = True
+    variable.align = ALIGNMENT
+    return opaque(variable)
+
+
+# --------------------------------------------------------------------------
+# Function bodies
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A memref value: where its first element is, and how it is shaped."""
+
+    pointer: ir.Value
+    type: MemRefType
+    on_stack: bool = False
+
+    @property
+    def element_type(self) -> Attribute:
+        return self.type.element_type
+
+
+_handlers: dict[type[Operation], Callable[[FunctionEmitter, Operation], None]] = {}
+
+
+def handles(*op_types: type[Operation]):
+    def register(method):
+        for op_type in op_types:
+            _handlers[op_type] = method
+        return method
+
+    return register
+
+
+FLOAT_BINARY = {arith.AddfOp: "fadd", arith.SubfOp: "fsub", arith.MulfOp: "fmul",
+                arith.DivfOp: "fdiv"}
+# Float ops that become calls: to an LLVM intrinsic (named llvm.*) or, where
+# LLVM has none, to the C maths library (float or double variant).
+FLOAT_CALLS = {arith.MaximumfOp: "llvm.maximum", arith.MinimumfOp: "llvm.minimum",
+               arith.MaxnumfOp: "llvm.maxnum", arith.MinnumfOp: "llvm.minnum",
+               math.PowFOp: "llvm.pow", math.CopySignOp: "llvm.copysign", math.FmaOp: "llvm.fma",
+               math.ExpOp: "llvm.exp", math.Exp2Op: "llvm.exp2", math.LogOp: "llvm.log",
+               math.Log2Op: "llvm.log2", math.Log10Op: "llvm.log10", math.SqrtOp: "llvm.sqrt",
+               math.AbsFOp: "llvm.fabs", math.FloorOp: "llvm.floor", math.CeilOp: "llvm.ceil",
+               math.RoundOp: "llvm.round", math.RoundEvenOp: "llvm.roundeven",
+               math.TruncOp: "llvm.trunc", math.SinOp: "llvm.sin", math.CosOp: "llvm.cos",
+               math.TanhOp: "tanh", math.ErfOp: "erf", math.ExpM1Op: "expm1",
+               math.Log1pOp: "log1p", math.TanOp: "tan", math.AtanOp: "atan",
+               math.Atan2Op: "atan2", math.SinhOp: "sinh", math.CoshOp: "cosh",
+               math.AsinOp: "asin", math.AcosOp: "acos", math.AsinhOp: "asinh",
+               math.AcoshOp: "acosh", math.AtanhOp: "atanh", math.CbrtOp: "cbrt"}
+INT_BINARY = {arith.AddiOp: "add", arith.SubiOp: "sub", arith.MuliOp: "mul", arith.AndIOp: "and_",
+              arith.OrIOp: "or_", arith.XOrIOp: "xor", arith.ShLIOp: "shl",
+              arith.ShRSIOp: "ashr", arith.ShRUIOp: "lshr"}
+INT_BINARY_INTRINSIC = {arith.MaxSIOp: "llvm.smax", arith.MinSIOp: "llvm.smin",
+                        arith.MaxUIOp: "llvm.umax", arith.MinUIOp: "llvm.umin"}
+# MLIR cmpi predicate -> (signed?, llvmlite comparison)
+INT_PREDICATES = {"eq": (True, "=="), "ne": (True, "!="), "slt": (True, "<"), "sle": (True, "<="),
+                  "sgt": (True, ">"), "sge": (True, ">="), "ult": (False, "<"), "ule": (False, "<="),
+                  "ugt": (False, ">"), "uge": (False, ">=")}
+LIBM_SUFFIX = {F32: "f", F64: ""}
+
+
+class FunctionEmitter:
+    """Emits the body of one model function into an LLVM function."""
+
+    def __init__(self, module: ir.Module, globals_by_name: dict[str, ir.GlobalVariable],
+                 model: func.FuncOp, function: ir.Function):
+        self.module = module
+        self.model = model
+        self.globals_by_name = globals_by_name
+        self.function = function
+        # The entry block holds only the stack buffers, so LLVM sees fixed-size
+        # frame slots; the code starts in the block after it.
+        entry = function.append_basic_block("entry")
+        start = function.append_basic_block("start")
+        self.alloca_builder = ir.IRBuilder(entry)
+        self.alloca_builder.position_before(self.alloca_builder.branch(start))
+        self.builder = ir.IRBuilder(start)
+        self.stack_bytes = 0
+        self.values: dict[SSAValue, ir.Value | Buffer] = {}
+
+    # ---- values -----------------------------------------------------------
+
+    def scalar(self, value: SSAValue) -> ir.Value:
+        found = self.values[value]
+        assert not isinstance(found, Buffer)
+        return found
+
+    def buffer(self, value: SSAValue) -> Buffer:
+        found = self.values[value]
+        assert isinstance(found, Buffer)
+        return found
+
+    def bind(self, value: SSAValue, llvm_value: ir.Value | Buffer) -> None:
+        self.values[value] = llvm_value
+
+    # ---- declarations -----------------------------------------------------
+
+    def declare(self, name: str, result: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(self.module, ir.FunctionType(result, list(args)), name=name)
+
+    def intrinsic(self, name: str, t: ir.Type, arity: int) -> ir.Function:
+        suffix = {F16: "f16", F32: "f32", F64: "f64"}.get(t) or f"i{t.width}"
+        return self.declare(f"{name}.{suffix}", t, [t] * arity)
+
+    def libm(self, name: str, t: ir.Type, arity: int) -> ir.Function:
+        return self.declare(name + LIBM_SUFFIX[t], t, [t] * arity)
+
+    # ---- structure ----------------------------------------------------------
+
+    def emit_block(self, block: Block) -> list[ir.Value]:
+        """Emit every op of `block` but its terminator; return the terminator's operands."""
+        for op in block.ops:
+            if isinstance(op, scf.YieldOp | func.ReturnOp):
+                return [self.scalar(v) for v in op.operands]
+            handler = _handlers.get(type(op))
+            if handler is None:
+                raise unsupported(op.name)
+            handler(self, op)
+        return []
+
+    def emit_body(self, body: Block) -> None:
+        self.emit_block(body)
+        self.builder.ret_void()
+
+    @handles(scf.ForOp)
+    def _for(self, op: scf.ForOp) -> None:
+        if any(isinstance(v.type, MemRefType) for v in op.iter_args):
+            raise unsupported("scf.for carrying memrefs")
+        lower, upper, step = self.scalar(op.lb), self.scalar(op.ub), self.scalar(op.step)
+        before = self.builder.block
+        header = self.function.append_basic_block("loop.header")
+        body = self.function.append_basic_block("loop.body")
+        done = self.function.append_basic_block("loop.exit")
+        self.builder.branch(header)
+
+        self.builder.position_at_end(header)
+        induction = self.builder.phi(lower.type)
+        induction.add_incoming(lower, before)
+        carried = []
+        for init in op.iter_args:
+            phi = self.builder.phi(register_type(init.type))
+            phi.add_incoming(self.scalar(init), before)
+            carried.append(phi)
+        self.builder.cbranch(self.builder.icmp_signed("<", induction, upper), body, done)
+
+        self.builder.position_at_end(body)
+        block = op.body.block
+        self.bind(block.args[0], induction)
+        for arg, phi in zip(block.args[1:], carried):
+            self.bind(arg, phi)
+        yielded = self.emit_block(block)
+        following = self.builder.add(induction, step, flags=["nsw"])
+        latch = self.builder.block
+        self.builder.branch(header)
+        induction.add_incoming(following, latch)
+        for phi, value in zip(carried, yielded):
+            phi.add_incoming(value, latch)
+
+        self.builder.position_at_end(done)
+        for result, phi in zip(op.results, carried):
+            self.bind(result, phi)
+
+    @handles(scf.IfOp)
+    def _if(self, op: scf.IfOp) -> None:
+        then_block = self.function.append_basic_block("if.then")
+        else_block = self.function.append_basic_block("if.else")
+        merge = self.function.append_basic_block("if.end")
+        self.builder.cbranch(self.scalar(op.cond), then_block, else_block)
+        incoming = []
+        for llvm_block, region in ((then_block, op.true_region), (else_block, op.false_region)):
+            self.builder.position_at_end(llvm_block)
+            yielded = self.emit_block(region.block) if region.blocks else []
+            incoming.append((yielded, self.builder.block))
+            self.builder.branch(merge)
+        self.builder.position_at_end(merge)
+        for index, result in enumerate(op.results):
+            phi = self.builder.phi(register_type(result.type))
+            for yielded, block in incoming:
+                phi.add_incoming(yielded[index], block)
+            self.bind(result, phi)
+
+    # ---- memory ---------------------------------------------------------------
+
+    def element_pointer(self, buffer: Buffer, indices: Sequence[SSAValue]) -> ir.Value:
+        offset = None
+        for index, stride in zip(indices, identity_strides(buffer.type.get_shape())):
+            term = self.scalar(index)
+            if stride != 1:
+                term = self.builder.mul(term, I64(stride), flags=["nsw", "nuw"])
+            offset = term if offset is None else self.builder.add(offset, term, flags=["nsw", "nuw"])
+        if offset is None:
+            return buffer.pointer
+        return self.builder.gep(buffer.pointer, [offset], inbounds=True,
+                                source_etype=storage_type(buffer.element_type))
+
+    @handles(memref.LoadOp)
+    def _load(self, op: memref.LoadOp) -> None:
+        buffer = self.buffer(op.memref)
+        element = buffer.element_type
+        raw = self.builder.load(self.element_pointer(buffer, op.indices), typ=storage_type(element),
+                                align=storage_size(element))
+        if isinstance(element, BFloat16Type):
+            widened = self.builder.shl(self.builder.zext(raw, I32), I32(16))
+            raw = self.builder.bitcast(widened, F32)
+        elif register_type(element) == I1:
+            raw = self.builder.trunc(raw, I1)
+        self.bind(op.res, raw)
+
+    @handles(memref.StoreOp)
+    def _store(self, op: memref.StoreOp) -> None:
+        buffer = self.buffer(op.memref)
+        element = buffer.element_type
+        value = self.scalar(op.value)
+        if isinstance(element, BFloat16Type):
+            bits = self.builder.lshr(self.builder.bitcast(value, I32), I32(16))
+            value = self.builder.trunc(bits, I16)
+        elif register_type(element) == I1:
+            value = self.builder.zext(value, I8)
+        self.builder.store(value, self.element_pointer(buffer, op.indices), align=storage_size(element))
+
+    @handles(memref.GetGlobalOp)
+    def _get_global(self, op: memref.GetGlobalOp) -> None:
+        name = op.name_.root_reference.data
+        if name not in self.globals_by_name:
+            raise InternalError(f"cpu backend: reference to undefined global @{name}")
+        self.bind(op.memref, Buffer(self.globals_by_name[name], check_memref(op.memref.type)))
+
+    @handles(memref.AllocOp, memref.AllocaOp)
+    def _alloc(self, op: memref.AllocOp | memref.AllocaOp) -> None:
+        t = check_memref(op.memref.type)
+        size = memref_bytes(t)
+        fits = size <= STACK_BUFFER_LIMIT and self.stack_bytes + size <= STACK_BUDGET
+        if isinstance(op, memref.AllocaOp) or (op.parent_op() is self.model and fits):
+            self.stack_bytes += size
+            slot = opaque(self.alloca_builder.alloca(ir.ArrayType(I8, max(size, 1))))
+            slot.align = ALIGNMENT
+            self.bind(op.memref, Buffer(slot, t, on_stack=True))
+            return
+        aligned_alloc = self.declare("aligned_alloc", PTR, [I64, I64])
+        padded = -(-max(size, 1) // ALIGNMENT) * ALIGNMENT  # C11 wants a multiple of the alignment
+        self.bind(op.memref, Buffer(self.builder.call(aligned_alloc, [I64(ALIGNMENT), I64(padded)]), t))
+
+    @handles(memref.DeallocOp)
+    def _dealloc(self, op: memref.DeallocOp) -> None:
+        buffer = self.buffer(op.memref)
+        if not buffer.on_stack:
+            self.builder.call(self.declare("free", ir.VoidType(), [PTR]), [buffer.pointer])
+
+    @handles(memref.CopyOp)
+    def _copy(self, op: memref.CopyOp) -> None:
+        source, target = self.buffer(op.source), self.buffer(op.destination)
+        memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+        self.builder.call(memcpy, [target.pointer, source.pointer, I64(memref_bytes(source.type)), I1(0)])
+
+    @handles(memref.CollapseShapeOp, memref.ExpandShapeOp)
+    def _reshape(self, op: memref.CollapseShapeOp | memref.ExpandShapeOp) -> None:
+        source = self.buffer(op.src)
+        self.bind(op.result, Buffer(source.pointer, check_memref(op.result.type), source.on_stack))
+
+    # ---- narrow floats ------------------------------------------------------------
+
+    def round_bf16(self, value: ir.Value) -> ir.Value:
+        """An f32 rounded to the nearest bf16 (ties to even), still held as f32."""
+        b = self.builder
+        bits = b.bitcast(value, I32)
+        lowest_kept = b.and_(b.lshr(bits, I32(16)), I32(1))
+        rounded = b.add(b.add(bits, I32(0x7FFF)), lowest_kept)
+        quiet_nan = b.or_(bits, I32(0x00400000))
+        chosen = b.select(b.fcmp_unordered("uno", value, value), quiet_nan, rounded)
+        return b.bitcast(b.and_(chosen, I32(0xFFFF0000)), F32)
+
+    def widen(self, value: ir.Value, t: Attribute) -> ir.Value:
+        """A narrow-float value as the f32 it is computed in."""
+        return self.builder.fpext(value, F32) if isinstance(t, Float16Type) else value
+
+    def narrow(self, value: ir.Value, t: Attribute) -> ir.Value:
+        """An f32 result rounded back to the narrow float type `t`."""
+        if isinstance(t, Float16Type):
+            return self.builder.fptrunc(value, F16)
+        return self.round_bf16(value)
+
+    def float_op(self, t: Attribute, operands: Sequence[ir.Value],
+                 compute: Callable[..., ir.Value]) -> ir.Value:
+        """`compute` applied at f32 precision or wider, rounding once to `t`."""
+        if not is_narrow_float(t):
+            return compute(*operands)
+        return self.narrow(compute(*[self.widen(v, t) for v in operands]), t)
+
+    def convert_float(self, value: ir.Value, source: Attribute, target: Attribute) -> ir.Value:
+        if source == target:
+            return value
+        if isinstance(target, BFloat16Type):
+            wide = self.convert_float(value, source, Float32Type())
+            return self.round_bf16(wide)
+        have, want = value.type, register_type(target)  # bf16 sources are f32 already
+        if have == want:
+            return value
+        widen = FLOAT_BYTES[want] > FLOAT_BYTES[have]
+        return self.builder.fpext(value, want) if widen else self.builder.fptrunc(value, want)
+
+    # ---- arith ------------------------------------------------------------------
+
+    @staticmethod
+    def fast_math(op: Operation) -> list[str]:
+        declared = getattr(op, "fastmath", None)
+        flags = {"contract"} | {flag.value for flag in (declared.data if declared else ())}
+        return sorted(flags)
+
+    @handles(arith.ConstantOp)
+    def _constant(self, op: arith.ConstantOp) -> None:
+        value, t = op.value, op.result.type
+        if isinstance(value, IntegerAttr):
+            self.bind(op.result, ir.Constant(register_type(t), value.value.data))
+        elif isinstance(value, FloatAttr):
+            number = value.value.data
+            if isinstance(t, BFloat16Type):
+                number = float(round_to_bf16(np.array([number], dtype=np.float32))[0])
+            self.bind(op.result, ir.Constant(register_type(t), number))
+        else:
+            raise unsupported(f"arith.constant of {t}")
+
+    @handles(*FLOAT_BINARY)
+    def _float_binary(self, op: Operation) -> None:
+        method = getattr(self.builder, FLOAT_BINARY[type(op)])
+        flags = self.fast_math(op)
+        lhs, rhs = self.scalar(op.lhs), self.scalar(op.rhs)
+        self.bind(op.result, self.float_op(op.result.type, [lhs, rhs],
+                                           lambda a, b: method(a, b, flags=flags)))
+
+    @handles(*FLOAT_CALLS)
+    def _float_call(self, op: Operation) -> None:
+        name, flags = FLOAT_CALLS[type(op)], self.fast_math(op)
+
+        def call(*args: ir.Value) -> ir.Value:
+            t = args[0].type
+            declare = self.intrinsic if name.startswith("llvm.") else self.libm
+            return self.builder.call(declare(name, t, len(args)), list(args), fastmath=flags)
+
+        operands = [self.scalar(v) for v in op.operands]
+        self.bind(op.results[0], self.float_op(op.results[0].type, operands, call))
+
+    @handles(math.RsqrtOp)
+    def _rsqrt(self, op: math.RsqrtOp) -> None:
+        flags = self.fast_math(op)
+
+        def rsqrt(x: ir.Value) -> ir.Value:
+            root = self.builder.call(self.intrinsic("llvm.sqrt", x.type, 1), [x], fastmath=flags)
+            return self.builder.fdiv(ir.Constant(x.type, 1.0), root, flags=flags)
+
+        self.bind(op.result, self.float_op(op.result.type, [self.scalar(op.operand)], rsqrt))
+
+    @handles(arith.NegfOp)
+    def _negf(self, op: arith.NegfOp) -> None:
+        self.bind(op.result, self.builder.fneg(self.scalar(op.operand), flags=self.fast_math(op)))
+
+    @handles(arith.CmpfOp)
+    def _cmpf(self, op: arith.CmpfOp) -> None:
+        predicate = arith.CMPF_COMPARISON_OPERATIONS[op.predicate.value.data]
+        if predicate in ("false", "true"):
+            self.bind(op.result, I1(predicate == "true"))
+            return
+        compare = self.builder.fcmp_unordered if predicate[0] == "u" else self.builder.fcmp_ordered
+        self.bind(op.result, compare(predicate, self.scalar(op.lhs), self.scalar(op.rhs)))
+
+    @handles(arith.CmpiOp)
+    def _cmpi(self, op: arith.CmpiOp) -> None:
+        signed, comparison = INT_PREDICATES[arith.CMPI_COMPARISON_OPERATIONS[op.predicate.value.data]]
+        compare = self.builder.icmp_signed if signed else self.builder.icmp_unsigned
+        self.bind(op.result, compare(comparison, self.scalar(op.lhs), self.scalar(op.rhs)))
+
+    @handles(arith.SelectOp)
+    def _select(self, op: arith.SelectOp) -> None:
+        if isinstance(op.result.type, MemRefType):
+            raise unsupported("arith.select on memrefs")
+        self.bind(op.result, self.builder.select(
+            self.scalar(op.cond), self.scalar(op.lhs), self.scalar(op.rhs)))
+
+    @handles(*INT_BINARY)
+    def _int_binary(self, op: Operation) -> None:
+        method = getattr(self.builder, INT_BINARY[type(op)])
+        self.bind(op.result, method(self.scalar(op.lhs), self.scalar(op.rhs)))
+
+    @handles(*INT_BINARY_INTRINSIC)
+    def _int_binary_call(self, op: Operation) -> None:
+        lhs, rhs = self.scalar(op.lhs), self.scalar(op.rhs)
+        callee = self.intrinsic(INT_BINARY_INTRINSIC[type(op)], lhs.type, 2)
+        self.bind(op.result, self.builder.call(callee, [lhs, rhs]))
+
+    @handles(arith.DivSIOp, arith.RemSIOp, arith.DivUIOp, arith.RemUIOp,
+             arith.FloorDivSIOp, arith.CeilDivSIOp)
+    def _int_division(self, op: Operation) -> None:
+        b = self.builder
+        lhs, rhs = self.scalar(op.lhs), self.scalar(op.rhs)
+        t = lhs.type
+        zero, one, minus_one = ir.Constant(t, 0), ir.Constant(t, 1), ir.Constant(t, -1)
+        by_zero = b.icmp_signed("==", rhs, zero)
+        if isinstance(op, arith.DivUIOp | arith.RemUIOp):
+            safe = b.select(by_zero, one, rhs)
+            result = b.udiv(lhs, safe) if isinstance(op, arith.DivUIOp) else b.urem(lhs, safe)
+            self.bind(op.result, b.select(by_zero, zero, result))
+            return
+        # Dividing by -1 is negation; routing it away from sdiv avoids the INT_MIN / -1 trap.
+        by_minus_one = b.icmp_signed("==", rhs, minus_one)
+        safe = b.select(b.or_(by_zero, by_minus_one), one, rhs)
+        quotient, remainder = b.sdiv(lhs, safe), b.srem(lhs, safe)
+        if isinstance(op, arith.RemSIOp):
+            result = b.select(by_minus_one, zero, remainder)
+        else:
+            result = b.select(by_minus_one, b.sub(zero, lhs), quotient)
+            if not isinstance(op, arith.DivSIOp):
+                # floor/ceil: step the truncated quotient when the remainder is non-zero
+                # and its sign disagrees (floor) or agrees (ceil) with the divisor's.
+                inexact = b.icmp_signed("!=", remainder, zero)
+                signs_differ = b.icmp_signed("<", b.xor(remainder, rhs), zero)
+                if isinstance(op, arith.FloorDivSIOp):
+                    adjust, step = b.and_(inexact, signs_differ), minus_one
+                else:
+                    adjust, step = b.and_(inexact, b.not_(signs_differ)), one
+                result = b.select(b.and_(adjust, b.not_(by_minus_one)), b.add(result, step), result)
+        self.bind(op.result, b.select(by_zero, zero, result))
+
+    # ---- casts --------------------------------------------------------------------
+
+    @handles(arith.ExtFOp, arith.TruncFOp)
+    def _float_cast(self, op: arith.ExtFOp | arith.TruncFOp) -> None:
+        self.bind(op.result, self.convert_float(self.scalar(op.input), op.input.type, op.result.type))
+
+    @handles(arith.ExtSIOp, arith.ExtUIOp, arith.TruncIOp, arith.IndexCastOp)
+    def _int_cast(self, op: Operation) -> None:
+        value = self.scalar(op.input)
+        want = register_type(op.result.type)
+        if want.width < value.type.width:
+            cast = self.builder.trunc(value, want)
+        elif want.width == value.type.width:
+            cast = value
+        elif isinstance(op, arith.ExtUIOp):
+            cast = self.builder.zext(value, want)
+        else:
+            cast = self.builder.sext(value, want)
+        self.bind(op.result, cast)
+
+    @handles(arith.SIToFPOp, arith.UIToFPOp)
+    def _int_to_float(self, op: Operation) -> None:
+        t = op.result.type
+        convert = self.builder.sitofp if isinstance(op, arith.SIToFPOp) else self.builder.uitofp
+        if isinstance(t, BFloat16Type):
+            # Through f64, which holds every i32 exactly, so bf16 rounding happens once.
+            wide = convert(self.scalar(op.input), F64)
+            self.bind(op.result, self.round_bf16(self.builder.fptrunc(wide, F32)))
+        else:
+            self.bind(op.result, convert(self.scalar(op.input), register_type(t)))
+
+    @handles(arith.FPToSIOp, arith.FPToUIOp)
+    def _float_to_int(self, op: Operation) -> None:
+        convert = self.builder.fptosi if isinstance(op, arith.FPToSIOp) else self.builder.fptoui
+        self.bind(op.result, convert(self.scalar(op.input), register_type(op.result.type)))
+
+    @handles(arith.BitcastOp)
+    def _bitcast(self, op: arith.BitcastOp) -> None:
+        source, target = op.input.type, op.result.type
+        value = self.scalar(op.input)
+        if isinstance(source, BFloat16Type):
+            value = self.builder.trunc(self.builder.lshr(self.builder.bitcast(value, I32), I32(16)), I16)
+        if isinstance(target, BFloat16Type):
+            widened = self.builder.shl(self.builder.zext(value, I32), I32(16))
+            self.bind(op.result, self.builder.bitcast(widened, F32))
+        else:
+            self.bind(op.result, self.builder.bitcast(value, register_type(target)))
+
+
+# --------------------------------------------------------------------------
+# Module
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmittedModel:
+    module: ir.Module
+    entry: str
+
+
+def emit_model(module: ModuleOp, signature: ModelSignature) -> EmittedModel:
+    """Build the LLVM module for the single lowered model in `module`."""
+    llvm_module = ir.Module(name=signature.name)
+    globals_by_name: dict[str, ir.GlobalVariable] = {}
+    found = models(module)
+    if len(found) != 1:
+        raise InternalError(f"cpu backend: expected one model function, found {len(found)}")
+    model = found[0]
+    for op in module.ops:
+        if isinstance(op, memref.GlobalOp):
+            globals_by_name[op.sym_name.data] = declare_global(llvm_module, op)
+        elif op is not model:
+            raise unsupported(f"{op.name} at module level")
+
+    specs = signature.inputs + signature.outputs
+    arg_types = model.function_type.inputs.data
+    if model.function_type.outputs.data or len(arg_types) != len(specs):
+        raise InternalError(
+            f"cpu backend: @{signature.name} is not in destination-passing form "
+            f"({len(specs)} buffer arguments and no results expected)"
+        )
+    entry = entry_symbol(signature.name)
+    function = ir.Function(llvm_module, ir.FunctionType(ir.VoidType(), [PTR] * len(specs)), name=entry)
+    function.attributes.add("nounwind")
+    emitter = FunctionEmitter(llvm_module, globals_by_name, model, function)
+    for block_arg, llvm_arg, name in zip(model.body.block.args, function.args, parameter_names(signature)):
+        t = check_memref(block_arg.type)
+        llvm_arg.name = name
+        for attribute in ("noalias", "nonnull", "noundef"):
+            llvm_arg.add_attribute(attribute)
+        llvm_arg.attributes.align = ALIGNMENT
+        llvm_arg.attributes.dereferenceable = max(memref_bytes(t), 1)
+        emitter.bind(block_arg, Buffer(llvm_arg, t))
+    emitter.emit_body(model.body.block)
+    return EmittedModel(llvm_module, entry)
