@@ -104,7 +104,8 @@ def round_to_bf16(values: np.ndarray) -> np.ndarray:
     """Round float32 values to the nearest bf16 (ties to even), kept in float32."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    return (rounded & np.uint32(0xFFFF0000)).view(np.float32)
+    # ascontiguousarray makes 0-d arrays 1-d; give back the caller's shape.
+    return (rounded & np.uint32(0xFFFF0000)).view(np.float32).reshape(np.shape(values))
 
 
 def dense_from_array(array: np.ndarray, element_type: Attribute) -> DenseIntOrFPElementsAttr:

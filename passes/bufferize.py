@@ -58,9 +58,9 @@ class ConstantGlobals:
     symbols."""
 
     module: ModuleOp
-    _symbols: set[str] = field(default_factory=set[str])
-    _by_key: dict[tuple[str | None, Attribute], str] = field(default_factory=dict[tuple[str | None, Attribute], str])
-    _created: list[memref.GlobalOp] = field(default_factory=list[memref.GlobalOp])
+    _symbols: set[str] = field(default_factory=set)
+    _by_key: dict[tuple[str | None, Attribute], str] = field(default_factory=dict)
+    _created: list[memref.GlobalOp] = field(default_factory=list)
 
     def __post_init__(self):
         for op in self.module.ops:
@@ -70,7 +70,10 @@ class ConstantGlobals:
 
     def _unique(self, base: str | None) -> str:
         """`base`, or `base_N` when taken; `__constant_N` for literals."""
-        candidates = (f"{base}_{n}" if n else base for n in count()) if base else (f"__constant_{n}" for n in count())
+        if base:
+            candidates = (f"{base}_{n}" if n else base for n in count())
+        else:
+            candidates = (f"__constant_{n}" for n in count())
         name = next(c for c in candidates if c not in self._symbols)
         self._symbols.add(name)
         return name
@@ -117,7 +120,6 @@ class FunctionBufferizer:
             if isinstance(op, func.ReturnOp):
                 self._return(op)
             elif _has_tensors(op):
-                self._check_inits_used_once(op)
                 self._bufferize(op)
                 replaced.append(op)
         for op in reversed(replaced):
@@ -144,7 +146,8 @@ class FunctionBufferizer:
         if isinstance(op, nn.ConstantOp):
             if op.result.uses:
                 name = self.globals.symbol_for(op)
-                get = self._insert(memref.GetGlobalOp(SymbolRefAttr(name), memref_type(op.result.type)), op)
+                get_global = memref.GetGlobalOp(SymbolRefAttr(name), memref_type(op.result.type))
+                get = self._insert(get_global, op)
                 self._bind(op.result, get.results[0])
         elif isinstance(op, tensor.EmptyOp):
             alloc = self._insert(memref.AllocOp([], [], memref_type(op.tensor.type)), op)
@@ -156,16 +159,14 @@ class FunctionBufferizer:
         else:
             raise PassFailedException(f"bufferize cannot handle {op.name}")
 
-    def _check_inits_used_once(self, op: Operation) -> None:
-        """Writing in place into an init is only safe if nothing else reads it."""
-        if isinstance(op, LinalgStructuredOperation):
-            for init in op.outputs:
-                if not init.has_one_use():
-                    raise PassFailedException(
-                        f"bufferize expects the init of {op.name} to be used only there"
-                    )
-
     def _linalg(self, op: LinalgStructuredOperation) -> None:
+        # Writing in place is only safe into a buffer allocated here that
+        # nothing else reads.
+        for init in op.outputs:
+            if not init.has_one_use() or not isinstance(_root(self.buffer(init)).owner, memref.AllocOp):
+                raise PassFailedException(
+                    f"bufferize expects each init of {op.name} to be a fresh tensor used only there"
+                )
         new_op = type(op).create(
             operands=[self.buffer(v) for v in op.operands],
             result_types=[],
@@ -191,7 +192,9 @@ class FunctionBufferizer:
         """Route every returned value into a new output argument."""
         names = _output_names(self.function)
         for index, value in enumerate(op.arguments):
-            source = self.buffer(value)
+            source = self.buffers.get(value)
+            if source is None:
+                raise PassFailedException(f"bufferize expects tensor results, got {value.type}")
             out = self.block.insert_arg(source.type, len(self.block.args))
             if index < len(names) and SSAValue.is_valid_name(names[index]):
                 out.name_hint = names[index]
@@ -210,7 +213,8 @@ class FunctionBufferizer:
         ops = list(self.block.ops)
         position = {op: i for i, op in enumerate(ops)}
         for alloc in [op for op in ops if isinstance(op, memref.AllocOp)]:
-            last = max((position[user] for user in _top_level_users(alloc.memref, self.block)), default=position[alloc])
+            users = _top_level_users(alloc.memref, self.block)
+            last = max((position[user] for user in users), default=position[alloc])
             Rewriter.insert_op(memref.DeallocOp.get(alloc.memref), InsertPoint.after(ops[last]))
 
     def _update_signature(self) -> None:
@@ -222,11 +226,25 @@ class FunctionBufferizer:
         f.properties.pop("res_attrs", None)
 
 
+def _on_tensors(function: func.FuncOp) -> bool:
+    """Whether `function` is a tensor-level definition (and so ours to bufferize)."""
+    ft = function.function_type
+    types = (*ft.inputs.data, *ft.outputs.data)
+    return not function.is_declaration and any(isinstance(t, TensorType) for t in types)
+
+
 def _output_names(function: func.FuncOp) -> list[str]:
     names = function.attributes.get(nn.OUTPUTS_ATTR)
     if not isinstance(names, ArrayAttr):
         return []
     return [n.data for n in names.data if isinstance(n, StringAttr)]
+
+
+def _root(buffer: SSAValue) -> SSAValue:
+    """The buffer `buffer` is a (possibly nested) reshaped view of."""
+    while isinstance(view := buffer.owner, memref.CollapseShapeOp | memref.ExpandShapeOp):
+        buffer = view.src
+    return buffer
 
 
 def _top_level_users(buffer: SSAValue, block: Block) -> list[Operation]:
@@ -249,6 +267,6 @@ class BufferizePass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         globals_ = ConstantGlobals(op)
         for function in list(op.ops):
-            if isinstance(function, func.FuncOp) and not function.is_declaration:
+            if isinstance(function, func.FuncOp) and _on_tensors(function):
                 FunctionBufferizer(function, globals_).run()
         globals_.insert()

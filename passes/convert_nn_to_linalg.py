@@ -4,7 +4,9 @@ Every op becomes `linalg.generic`s over explicit iteration domains (plus
 `linalg.fill`, `tensor.empty` and reshapes), so later passes see the loop
 structure, the access pattern of every operand and where reductions are.
 Loop orders are chosen for the loop nest that `convert-linalg-to-loops`
-produces: the innermost loop always walks the output's contiguous last dim.
+produces: wherever the op allows, the innermost loop walks the contiguous last
+dim of the output (matmul is i-k-j, convolution and pooling end with the
+output width).
 Broadcasting is expressed in indexing maps, never materialised. `nn.constant`
 is left for `bufferize`.
 """
@@ -39,6 +41,7 @@ from passes.linalg_builders import (
     compute_type,
     convert_literal,
     copy_into,
+    copy_value,
     dims,
     element_type,
     elementwise,
@@ -120,13 +123,15 @@ class LowerElementwise(RewritePattern):
     Rank-0 literal operands become constants inside the body."""
 
     @op_type_rewrite_pattern
-    def match_and_rewrite(self, op: nn.ElementwiseBinaryOp | nn.ElementwiseUnaryOp, rewriter: PatternRewriter):
+    def match_and_rewrite(
+        self, op: nn.ElementwiseBinaryOp | nn.ElementwiseUnaryOp, rewriter: PatternRewriter
+    ):
         out = _result_type(op)
         shape = list(out.get_shape())
         fn: Callable[..., SSAValue] = _BINARY.get(type(op)) or _UNARY[type(op)]
         literals = [_scalar_literal(v) for v in op.operands]
         if all(literal is not None for literal in literals):
-            literals[0] = None  # the domain needs one real operand
+            literals[0] = None  # body ops take their type from an SSA operand
         inputs = [
             (v, broadcast_map(shape_of(v), shape))
             for v, literal in zip(op.operands, literals)
@@ -157,7 +162,8 @@ class LowerTril(RewritePattern):
             return s.select(keep, x, s.constant(fill, out.element_type))
 
         (x,) = op.operands
-        _replace(rewriter, op, elementwise(rewriter, [(x, identity_map(rank))], shape, out.element_type, body))
+        result = elementwise(rewriter, [(x, identity_map(rank))], shape, out.element_type, body)
+        _replace(rewriter, op, result)
 
 
 # --------------------------------------------------------------------------
@@ -235,7 +241,7 @@ class LowerConv2d(RewritePattern):
                 [(bias[0], affine_map(4, [AffineExpr.dimension(1)]))],
                 [n, o, oh, ow],
                 acc_type,
-                lambda s, b, _: b,
+                copy_value,
             )
         else:
             init = filled(rewriter, [n, o, oh, ow], acc_type, 0)
@@ -445,7 +451,12 @@ class LowerLayerNorm(RewritePattern):
             0,
             lambda s, v, m, acc: s.add(acc, s.square(s.sub(v, m))),
         )
-        std = finish(rewriter, squares, element_type(mean), lambda s, v, _: s.sqrt(s.add(s.div(v, float(count)), p["eps"])))
+        std = finish(
+            rewriter,
+            squares,
+            element_type(mean),
+            lambda s, v, _: s.sqrt(s.add(s.div(v, float(count)), p["eps"])),
+        )
         result = elementwise(
             rewriter,
             [(x, identity), (mean, row_map), (std, row_map), (gamma, param_map), (beta, param_map)],
@@ -468,7 +479,11 @@ class LowerBatchNorm(RewritePattern):
         rank = len(shape)
         t = element_type(x)
         std = elementwise(
-            rewriter, [(var, identity_map(1))], [shape[1]], compute_type(t), lambda s, v, _: s.sqrt(s.add(v, eps))
+            rewriter,
+            [(var, identity_map(1))],
+            [shape[1]],
+            compute_type(t),
+            lambda s, v, _: s.sqrt(s.add(v, eps)),
         )
         channel = affine_map(rank, [AffineExpr.dimension(1)])
         result = elementwise(
@@ -487,6 +502,8 @@ class LowerBatchNorm(RewritePattern):
 
 
 class LowerReshape(RewritePattern):
+    """reshape: views (collapse/expand) of the operand; see `reshape`."""
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.ReshapeOp, rewriter: PatternRewriter):
         _replace(rewriter, op, reshape(rewriter, op.operands[0], _result_type(op).get_shape()))
@@ -504,7 +521,7 @@ class LowerTranspose(RewritePattern):
         rank = len(perm)
         d = dims(rank)
         source_map = affine_map(rank, [d[perm.index(axis)] for axis in range(rank)])
-        result = elementwise(rewriter, [(x, source_map)], out.get_shape(), out.element_type, lambda s, v, _: v)
+        result = elementwise(rewriter, [(x, source_map)], out.get_shape(), out.element_type, copy_value)
         _replace(rewriter, op, result)
 
 

@@ -58,8 +58,9 @@ def compute_type(t: Attribute) -> Attribute:
 
 
 def sum_type(t: Attribute) -> Attribute:
-    """The type sums of values of `t` accumulate in, so partial sums of narrow
-    types are neither rounded nor saturated before the end."""
+    """The type sums of values of `t` accumulate in: partial sums of narrow
+    types are neither rounded nor wrapped before the end, which keeps long
+    f16 sums accurate and integer averages exact."""
     return i32 if t == i8 else compute_type(t)
 
 
@@ -234,8 +235,8 @@ def broadcast_map(operand_shape: Sequence[int], out_shape: Sequence[int]) -> Aff
     rank = len(out_shape)
     offset = rank - len(operand_shape)
     results = [
-        AffineExpr.constant(0) if size == 1 and out_shape[i + offset] != 1 else AffineExpr.dimension(i + offset)
-        for i, size in enumerate(operand_shape)
+        AffineExpr.constant(0) if size == 1 and out_shape[i + offset] != 1 else d
+        for (i, size), d in zip(enumerate(operand_shape), dims(rank)[offset:])
     ]
     return affine_map(rank, results)
 
@@ -335,12 +336,13 @@ def finish(b: Builder, value: SSAValue, t: Attribute, body: Body | None = None) 
     if body is None:
         if element_type(value) == t:
             return value
-        body = _copy
+        body = copy_value
     shape = shape_of(value)
     return elementwise(b, [(value, identity_map(len(shape)))], shape, t, body)
 
 
-def _copy(s: ScalarBuilder, value: SSAValue, *_: SSAValue) -> SSAValue:
+def copy_value(s: ScalarBuilder, value: SSAValue, *_: SSAValue) -> SSAValue:
+    """The body of a copy: the first input as it is."""
     return value
 
 
@@ -356,11 +358,11 @@ def copy_into(b: Builder, value: SSAValue, init: SSAValue, offsets: Sequence[int
     partial_at_zero = [o == 0 and s != t for o, s, t in zip(offsets, source, target)]
     if not any(partial_at_zero):
         out_map = affine_map(rank, [d + o for d, o in zip(dims(rank), offsets)])
-        return generic(b, [(value, identity_map(rank))], init, out_map, [PARALLEL] * rank, _copy)
+        return generic(b, [(value, identity_map(rank))], init, out_map, [PARALLEL] * rank, copy_value)
     unit, *d = dims(rank + 1)
     out_map = affine_map(rank + 1, [di + (unit if p else o) for di, o, p in zip(d, offsets, partial_at_zero)])
     view = expand(b, value, [1, *source], [[0, 1]] + [[i + 1] for i in range(1, rank)])
-    return generic(b, [(view, identity_map(rank + 1))], init, out_map, [PARALLEL] * (rank + 1), _copy)
+    return generic(b, [(view, identity_map(rank + 1))], init, out_map, [PARALLEL] * (rank + 1), copy_value)
 
 
 def pad(b: Builder, value: SSAValue, low: Sequence[int], high: Sequence[int], fill: float | int) -> SSAValue:
@@ -434,7 +436,7 @@ def reshape(b: Builder, value: SSAValue, shape: Sequence[int]) -> SSAValue:
         in_map = affine_map(0, [AffineExpr.constant(0)] * rank)
         out = empty(b, shape, element_type(value))
         out_map = affine_map(0, [AffineExpr.constant(0)] * len(shape))
-        return generic(b, [(value, in_map)], out, out_map, [], _copy)
+        return generic(b, [(value, in_map)], out, out_map, [], copy_value)
     if (groups := reassociation(shape, source)) is not None:
         return collapse(b, value, shape, groups)
     if (groups := reassociation(source, shape)) is not None:

@@ -32,7 +32,7 @@ class CpuArtifact(Artifact):
         self._machine = target_machine(opt_level)
         self._llvm = optimise(ir_text, self._machine, opt_level)
         self._object = self._machine.emit_object(self._llvm)
-        self._jit = JitEngine(self._object, self._machine)
+        self._jit = JitEngine(self._object)
         arity = len(signature.inputs) + len(signature.outputs)
         prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arity)
         self._entry = prototype(self._jit.address_of(emitted.entry))

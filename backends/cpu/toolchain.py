@@ -64,8 +64,10 @@ def optimise(ir_text: str, machine: llvm.TargetMachine, opt_level: int) -> llvm.
 class JitEngine:
     """An object file loaded into the process; keeps its code mapped while alive."""
 
-    def __init__(self, object_code: bytes, machine: llvm.TargetMachine):
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+    def __init__(self, object_code: bytes):
+        # The engine takes ownership of its target machine and only needs one
+        # to exist: the object is already compiled.
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(0))
         self._object = llvm.ObjectFileRef.from_data(object_code)
         self._engine.add_object_file(self._object)
         self._engine.finalize_object()

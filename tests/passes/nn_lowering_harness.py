@@ -97,7 +97,7 @@ def run(module: ModuleOp, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 def rounded(array: np.ndarray, dtype: str) -> np.ndarray:
     """`array` as values of `dtype` (bf16 held in float32)."""
     if dtype == "bf16":
-        return nn.round_to_bf16(np.asarray(array, dtype=np.float32)).reshape(np.shape(array))
+        return nn.round_to_bf16(np.asarray(array, dtype=np.float32))
     if dtype in ("i8", "i32"):
         info = np.iinfo(nn.numpy_dtype(nn.DTYPES[dtype]))
         wrapped = (np.asarray(array).astype(np.int64) - info.min) % (1 << info.bits) + info.min

@@ -187,6 +187,27 @@ def test_an_init_read_elsewhere_is_rejected():
         BufferizePass().apply(ctx, m)
 
 
+def test_writing_into_an_input_is_rejected():
+    text = """
+    func.func @f(%x: tensor<2xf32>) -> tensor<2xf32> {
+      %c = arith.constant 1.0 : f32
+      %f = linalg.fill ins(%c : f32) outs(%x : tensor<2xf32>) -> tensor<2xf32>
+      func.return %f : tensor<2xf32>
+    }
+    """
+    ctx = make_context()
+    m = Parser(ctx, text).parse_module()
+    with pytest.raises(PassFailedException, match="fresh"):
+        BufferizePass().apply(ctx, m)
+
+
+def test_bufferized_functions_are_left_alone():
+    m = lower(model({"x": ([2], "f32")}, lambda e, x: [e(nn.ExpOp.make([x]))]), TO_BUFFERS)
+    before = str(m)
+    BufferizePass().apply(make_context(), m)
+    assert str(m) == before
+
+
 def test_functions_share_module_globals():
     first = model({"x": ([2], "f32")}, lambda e, x: [e(nn.AddOp.make([x, e(nn.ConstantOp(np.ones(2), F32))]))], name="a")
     second = model({"x": ([2], "f32")}, lambda e, x: [e(nn.MulOp.make([x, e(nn.ConstantOp(np.ones(2), F32))]))], name="b")
@@ -197,3 +218,44 @@ def test_functions_share_module_globals():
     globals_ = [op for op in first.ops if isinstance(op, memref.GlobalOp)]
     assert len(globals_) == 1
     assert len(ops_named(first, "memref.get_global")) == 2
+
+
+LINALG_TEXT = """
+builtin.module {
+  func.func @mlp(%x: tensor<1x4xf32>) -> tensor<1x3xf32> attributes {loom.inputs = ["x"], loom.model, loom.outputs = ["y"]} {
+    %w = nn.constant {value = dense<1.0> : tensor<4x3xf32>, sym_name = "w"} : tensor<4x3xf32>
+    %e = tensor.empty() : tensor<1x3xf32>
+    %zero = arith.constant 0.0 : f32
+    %init = linalg.fill ins(%zero : f32) outs(%e : tensor<1x3xf32>) -> tensor<1x3xf32>
+    %mm = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1)>, affine_map<(d0, d1, d2) -> (d1, d2)>, affine_map<(d0, d1, d2) -> (d0, d2)>], iterator_types = ["parallel", "reduction", "parallel"]} ins(%x, %w : tensor<1x4xf32>, tensor<4x3xf32>) outs(%init : tensor<1x3xf32>) {
+    ^bb0(%a: f32, %b: f32, %acc: f32):
+      %p = arith.mulf %a, %b : f32
+      %s = arith.addf %acc, %p : f32
+      linalg.yield %s : f32
+    } -> tensor<1x3xf32>
+    %e2 = tensor.empty() : tensor<1x3xf32>
+    %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = ["parallel", "parallel"]} ins(%mm : tensor<1x3xf32>) outs(%e2 : tensor<1x3xf32>) {
+    ^bb0(%v: f32, %o: f32):
+      %m = arith.maximumf %v, %zero : f32
+      linalg.yield %m : f32
+    } -> tensor<1x3xf32>
+    func.return %r : tensor<1x3xf32>
+  }
+}
+"""
+
+
+def test_textual_linalg_before_and_after():
+    ctx = make_context()
+    m = Parser(ctx, LINALG_TEXT).parse_module()
+    BufferizePass().apply(ctx, m)
+    m.verify()
+    text = str(m)
+    assert "func.func @mlp(%x: memref<1x4xf32>, %y: memref<1x3xf32>)" in text
+    assert 'sym_name = "w", type = memref<4x3xf32>' in text
+    assert 'sym_visibility = "private", constant' in text
+    assert "memref.get_global @w : memref<4x3xf32>" in text
+    assert "outs(%y : memref<1x3xf32>)" in text
+    assert text.count("memref.alloc()") == 1 and text.count("memref.dealloc") == 1
+    assert "tensor.empty" not in text and "nn.constant" not in text
+    assert "func.return\n" in text

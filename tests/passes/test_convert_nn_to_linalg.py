@@ -8,6 +8,10 @@ import pytest
 from xdsl.dialects.builtin import BFloat16Type, Float16Type, TensorType
 from xdsl.dialects.linalg.ops import FillOp, GenericOp
 
+from xdsl.parser import Parser
+
+from compiler.context import make_context
+from compiler.pass_manager import PassManager
 from dialects import nn
 from nn_lowering_harness import TO_LINALG, lower, model, ops_named
 from passes import registry
@@ -257,3 +261,32 @@ def test_reshape_uses_views(source, target, ops):
 def test_semantic_cases_cover_every_nn_op():
     built = {op.name for case in CASES for op in model(case.inputs, case.build).walk()}
     assert {op.name for op in nn.NN.operations} <= built
+
+
+MLP_TEXT = """
+builtin.module {
+  func.func @mlp(%x: tensor<1x4xf32>) -> tensor<1x3xf32> attributes {loom.inputs = ["x"], loom.model, loom.outputs = ["y"]} {
+    %w = nn.constant {value = dense<1.0> : tensor<4x3xf32>, sym_name = "w"} : tensor<4x3xf32>
+    %b = nn.constant {value = dense<0.5> : tensor<f32>} : tensor<f32>
+    %0 = nn.matmul %x, %w : (tensor<1x4xf32>, tensor<4x3xf32>) -> tensor<1x3xf32>
+    %1 = nn.add %0, %b : (tensor<1x3xf32>, tensor<f32>) -> tensor<1x3xf32>
+    %y = nn.relu %1 : (tensor<1x3xf32>) -> tensor<1x3xf32>
+    func.return %y : tensor<1x3xf32>
+  }
+}
+"""
+
+
+def test_textual_mlp_before_and_after():
+    ctx = make_context()
+    module = Parser(ctx, MLP_TEXT).parse_module()
+    PassManager.from_pipeline(ctx, "convert-nn-to-linalg").run(module)
+    text = str(module)
+    assert "nn.matmul" not in text and "nn.add" not in text and "nn.relu" not in text
+    assert 'sym_name = "w"' in text  # parameters stay for bufferize
+    assert "tensor<f32>" not in text  # the literal moved into the body
+    assert 'iterator_types = ["parallel", "reduction", "parallel"]' in text
+    assert "arith.constant 5.000000e-01 : f32" in text
+    assert "arith.maximumf" in text
+    assert text.count("linalg.generic") == 3
+    assert "func.return %y : tensor<1x3xf32>" in text
