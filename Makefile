@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/loom check samples/mlp.loom
+	$(BIN)/loom compile samples/mlp.loom --target cpu --emit shared -o build/mlp.so
 	$(BIN)/loom run samples/mlp.loom --target cpu --random-inputs 0 --check --print-outputs
-	$(BIN)/loom run samples/mlp.loom --target cpu --random-inputs 0 --check --report json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

@@ -4,26 +4,38 @@
     art = compiler.compile("samples/mlp.loom", target="cpu")
     outputs = art.run(x=...)
     art.report
+
+The public names are resolved on first use, so importing a submodule (say
+`compiler.diagnostics` from a backend) does not pull in the whole driver.
 """
 
-from backends.base import Backend, CompileOptions
-from backends.registry import register_backend
-from compiler.api import check, compile, load_module
-from compiler.artifact import Artifact, ModelSignature, TensorSpec
-from compiler.diagnostics import InternalError, LoomError
-from passes.registry import register_pass
+from __future__ import annotations
 
-__all__ = [
-    "Artifact",
-    "Backend",
-    "CompileOptions",
-    "InternalError",
-    "LoomError",
-    "ModelSignature",
-    "TensorSpec",
-    "check",
-    "compile",
-    "load_module",
-    "register_backend",
-    "register_pass",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Artifact": "compiler.artifact",
+    "ModelSignature": "compiler.artifact",
+    "TensorSpec": "compiler.artifact",
+    "Backend": "backends.base",
+    "CompileOptions": "backends.base",
+    "register_backend": "backends.registry",
+    "register_pass": "passes.registry",
+    "check": "compiler.api",
+    "compile": "compiler.api",
+    "load_module": "compiler.api",
+    "InternalError": "compiler.diagnostics",
+    "LoomError": "compiler.diagnostics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compiler' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

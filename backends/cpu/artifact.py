@@ -21,7 +21,9 @@ class CpuArtifact(Artifact):
     """Emits LLVM IR for the lowered model, optimises it for the host and JIT-loads the object.
 
     The optimised LLVM module and its object code stay on the artifact, so
-    `emit` writes exactly the code that `run` executes.
+    `emit` writes exactly the code that `run` executes: `llvm` is the IR after
+    optimisation, `asm` and `obj` its machine code, `shared` that object
+    linked as a shared library. `obj` and `shared` come with a C header.
     """
 
     def __init__(self, module: ModuleOp, signature: ModelSignature, opt_level: int):
@@ -39,7 +41,7 @@ class CpuArtifact(Artifact):
         host = host_target()
         self.report.update(
             compile_time_s=time.perf_counter() - start,
-            llvm_ir_bytes=len(ir_text.encode()),
+            llvm_ir_bytes=len(ir_text.encode()),  # as emitted, before LLVM's optimisation
             object_bytes=len(self._object),
             opt_level=opt_level,
             target_triple=host.triple,

@@ -39,11 +39,11 @@ def c_header(signature: ModelSignature, guard_stem: str) -> str:
         'extern "C" {',
         "#endif",
         "",
-        "/* Every buffer is dense and row-major, starts on a "
-        f"{ALIGNMENT}-byte boundary (e.g. aligned_alloc({ALIGNMENT}, ...)),",
-        " * and outputs must not overlap any other buffer. f16 and bf16 elements are",
-        " * passed as their raw 16-bit patterns: IEEE binary16 for f16, the upper half",
-        " * of an IEEE binary32 for bf16. */",
+        f"/* Every buffer is dense and row-major and starts on a {ALIGNMENT}-byte boundary",
+        f" * (e.g. from aligned_alloc({ALIGNMENT}, ...)); outputs must not overlap any other",
+        " * buffer. f16 and bf16 elements are passed as raw 16-bit patterns: IEEE",
+        " * binary16 for f16, the upper half of an IEEE binary32 for bf16. */",
+        "",
     ]
     for spec, name in zip(specs, names):
         lines.append(f"/* {spec.name}: {spec.describe()} */")
