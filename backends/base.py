@@ -19,9 +19,19 @@ from compiler.artifact import Artifact, ModelSignature
 
 @dataclass
 class CompileOptions:
-    """Target-independent knobs; `extra` carries target-specific ones."""
+    """Knobs every target understands; `extra` carries target-specific ones.
+
+    `tiles` maps an op kind (`matmul`, `conv2d`, ...) or a DSL value name to
+    tile sizes that override the cost model's choice. `target_config` names a
+    built-in hardware description or a path to a TOML file; None means the
+    backend's default. `threads` None means every core.
+    """
 
     opt_level: int = 3
+    fusion: bool = True
+    tiles: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    threads: int | None = None
+    target_config: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -88,6 +88,8 @@ def loom_native(artifact: Artifact, inputs: Outputs) -> Callable[[], Outputs]:
         entry(*pointers)
         return outputs
 
+    infer.buffers = buffers  # the pointers are only valid while these arrays live
+
     return infer
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -30,6 +31,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
                    help="extra nn-level pass pipeline, e.g. 'fold-constants,cse'")
     p.add_argument("-O", dest="opt_level", type=int, default=3, choices=range(4), help="optimisation level")
+    p.add_argument("--target-config", metavar="NAME|FILE.toml",
+                   help="hardware description: a built-in name (host, systolic-16x16, ...) or a TOML file")
+    p.add_argument("--no-fusion", dest="fusion", action="store_false", help="disable operator fusion")
+    p.add_argument("--tile", action="append", default=[], metavar="OP=T1,T2,...",
+                   help="override tile sizes for an op kind (matmul, conv2d, ...) or a DSL value name")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for parallel loops (default: all cores)")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
                    help="print the IR after the named pass (repeatable)")
@@ -94,16 +101,39 @@ def _pass_options(args: argparse.Namespace):
     )
 
 
+def _parse_tiles(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    tiles: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        key, _, sizes = spec.partition("=")
+        try:
+            values = tuple(int(v) for v in sizes.split(","))
+        except ValueError:
+            values = ()
+        if not key or not values or any(v < 1 for v in values):
+            raise LoomError(f"--tile expects OP=T1,T2,... with positive integers, got '{spec}'")
+        tiles[key] = values
+    return tiles
+
+
 def _compile(args: argparse.Namespace):
     import compiler
 
+    if args.threads is not None and args.threads < 1:
+        raise LoomError(f"--threads must be at least 1, got {args.threads}")
+    options = compiler.CompileOptions(
+        opt_level=args.opt_level,
+        fusion=args.fusion,
+        tiles=_parse_tiles(args.tile),
+        threads=args.threads,
+        target_config=args.target_config,
+    )
     return compiler.compile(
         args.file,
         target=args.target,
         model=args.model,
         weights=args.weights,
         passes=args.passes,
-        options=compiler.CompileOptions(opt_level=args.opt_level),
+        options=options,
         pass_options=_pass_options(args),
     )
 
@@ -246,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as e:  # anything else is a bug in Loom
         traceback.print_exc()
         print(f"loom: internal error: {type(e).__name__}: {e}", file=sys.stderr)
