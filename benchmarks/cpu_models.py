@@ -20,8 +20,10 @@ and makes the script exit with status 1 (after the table, which marks the
 model). A latency is the median over N runs after a warm-up, N chosen so
 the runs take at least `--min-time` seconds in all (and N >= 5); a run is a
 batch of back-to-back inferences lasting about a millisecond, so the clock's
-own cost does not count for the fastest models. Ratios divide by Loom
-`run()`, which pays Python-side overheads comparable to `InferenceSession.run`.
+own cost does not count for the fastest models. The runtimes of a model
+take turns batch by batch, so a busy spell of the machine does not skew
+their ratios. Ratios divide by Loom `run()`, which pays Python-side
+overheads comparable to `InferenceSession.run`.
 """
 
 from __future__ import annotations
@@ -159,8 +161,18 @@ def max_abs_error(outputs: Outputs, reference: Outputs) -> float:
     return error
 
 
-def median_latency(infer: Callable[[], object], min_time: float) -> float:
-    """Median seconds per inference over at least MIN_RUNS batches totalling `min_time`."""
+@dataclass
+class TimingPlan:
+    """How one runtime is sampled: `runs` batches of `batch` back-to-back inferences."""
+
+    infer: Callable[[], object]
+    batch: int
+    runs: int
+    samples: list[float]
+
+
+def plan_timing(infer: Callable[[], object], min_time: float) -> TimingPlan:
+    """Warm `infer` up and size its batches (~BATCH_SECONDS) and runs (>= `min_time` in all)."""
     calls, start = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - start < WARMUP_SECONDS:
         infer()
@@ -168,18 +180,30 @@ def median_latency(infer: Callable[[], object], min_time: float) -> float:
     estimate = (time.perf_counter() - start) / calls
     batch = max(1, round(BATCH_SECONDS / estimate))
     runs = max(MIN_RUNS, math.ceil(min_time / (batch * estimate)))
-    samples = []
+    return TimingPlan(infer, batch, runs, [])
+
+
+def median_latencies(infers: dict[str, Callable[[], object]], min_time: float) -> dict[str, float]:
+    """Median seconds per inference of each runtime.
+
+    The runtimes take turns, one batch each, so a slow spell of the machine
+    (another process, frequency scaling) falls on all of them alike rather
+    than on whichever was being timed at that moment.
+    """
+    plans = {label: plan_timing(infer, min_time) for label, infer in infers.items()}
     gc.collect()
     gc.disable()
     try:
-        for _ in range(runs):
-            start = time.perf_counter()
-            for _ in range(batch):
-                infer()
-            samples.append((time.perf_counter() - start) / batch)
+        while any(len(plan.samples) < plan.runs for plan in plans.values()):
+            for plan in plans.values():
+                if len(plan.samples) < plan.runs:
+                    start = time.perf_counter()
+                    for _ in range(plan.batch):
+                        plan.infer()
+                    plan.samples.append((time.perf_counter() - start) / plan.batch)
     finally:
         gc.enable()
-    return statistics.median(samples)
+    return {label: statistics.median(plan.samples) for label, plan in plans.items()}
 
 
 # --------------------------------------------------------------------------
@@ -242,8 +266,9 @@ def main() -> int:
             if not error <= TOLERANCE:
                 mismatches.append(f"{model}: {rt.label} differs from the interpreter by {error:.3g}")
         print(f"check {model:<18} max abs err vs interpreter: " + ", ".join(errors), flush=True)
-        latencies = {rt.label: None if rt.infer is None else median_latency(rt.infer, args.min_time)
-                     for rt in runtimes}
+        available = {rt.label: rt.infer for rt in runtimes if rt.infer is not None}
+        measured = median_latencies(available, args.min_time)
+        latencies = {rt.label: measured.get(rt.label) for rt in runtimes}
         rows.append((model, latencies))
 
     labels = list(rows[0][1]) if rows else []

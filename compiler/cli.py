@@ -252,8 +252,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     from backends import registry
 
     for name in registry.backend_names():
-        cls = registry.get_backend(name)
-        print(f"{name:12} {cls.description if cls else ''}")
+        print(f"{name:12} {registry.describe(name)}")
     return 0
 
 

@@ -17,8 +17,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.ir import Attribute, SSAValue
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.linalg.abstract_ops import LinalgStructuredOperation
+from xdsl.ir import Attribute, OpResult, SSAValue
 from xdsl.ir.affine import AffineExpr
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -32,6 +33,8 @@ from xdsl.utils.exceptions import PassFailedException
 
 from dialects import nn
 from passes.linalg_builders import (
+    OP_KIND_ATTR,
+    OP_NAME_ATTR,
     PARALLEL,
     REDUCTION,
     ScalarBuilder,
@@ -74,8 +77,30 @@ def _scalar_literal(value: SSAValue) -> float | int | None:
     return None
 
 
+def _stamp(op: nn.NNOperation, value: SSAValue) -> None:
+    """Mark every structured op computing `value` from `op`'s operands with
+    `op`'s kind and the DSL name of its result, so passes after the lowering
+    (tiling, reports) can tell which model op a loop nest implements."""
+    kind = StringAttr(op.name.removeprefix("nn."))
+    name = op.results[0].name_hint
+    boundary = set(op.operands)
+    pending, seen = [value], set[OpResult]()
+    while pending:
+        v = pending.pop()
+        if v in boundary or not isinstance(v, OpResult) or v in seen:
+            continue
+        seen.add(v)
+        if isinstance(v.op, LinalgStructuredOperation):
+            v.op.attributes[OP_KIND_ATTR] = kind
+            if name is not None:
+                v.op.attributes[OP_NAME_ATTR] = StringAttr(name)
+        pending.extend(v.op.operands)
+
+
 def _replace(rewriter: PatternRewriter, op: nn.NNOperation, value: SSAValue) -> None:
-    """Replace `op` by `value` and drop literals it leaves unused."""
+    """Replace `op` by `value`, stamping the ops computing it (see `_stamp`),
+    and drop literals it leaves unused."""
+    _stamp(op, value)
     operands = list(op.operands)
     rewriter.replace(op, [], [value])
     for operand in operands:

@@ -42,6 +42,13 @@ from xdsl.rewriter import InsertPoint
 PARALLEL = IteratorTypeAttr.parallel()
 REDUCTION = IteratorTypeAttr.reduction()
 
+# Provenance attributes on structured ops, read by later passes and reports:
+# the nn op kind an op was lowered from ("matmul"), the DSL name of that op's
+# result when it had one, and the kinds a fused op was merged from.
+OP_KIND_ATTR = "loom.op"
+OP_NAME_ATTR = "loom.name"
+FUSED_KINDS_ATTR = "loom.ops"
+
 Scalar = SSAValue | float | int
 """A body operand: an SSA value, or a Python number materialised as a constant
 of the other operands' compute type."""

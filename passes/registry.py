@@ -1,14 +1,15 @@
 """Pass names -> pass classes.
 
 Built-in passes are listed here by module path and imported on first use, so
-`loom --help` stays fast; plugins add theirs with `register_pass`.
+`loom --help` stays fast; plugins declare theirs as `loom.passes` entry points
+or call `register_pass`.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from xdsl.passes import ModulePass
+
+from compiler.plugins import Registry
 
 # name -> "module:Class" for Loom's own passes and the upstream xDSL passes
 # Loom pipelines use.
@@ -23,38 +24,16 @@ _BUILTIN: dict[str, str] = {
     "fold-constants": "passes.fold_constants:FoldConstantsPass",
 }
 
-_registered: dict[str, type[ModulePass]] = {}
+# One-liners for upstream passes whose classes have no docstring.
+_UPSTREAM_DESCRIPTIONS = {
+    "cse": "Common subexpression elimination (xDSL).",
+    "dce": "Remove operations whose results are unused and that have no side effects (xDSL).",
+    "lower-affine": "Lower affine.apply/affine.min/... to arith (xDSL).",
+}
 
+PASSES: Registry[ModulePass] = Registry("loom.passes", _BUILTIN, _UPSTREAM_DESCRIPTIONS)
 
-def register_pass(cls: type[ModulePass]) -> type[ModulePass]:
-    """Make `cls` available by `cls.name` in pipelines; usable as a decorator."""
-    _registered[cls.name] = cls
-    return cls
-
-
-def register_builtin(name: str, target: str) -> None:
-    """Declare a built-in pass by import path without importing it."""
-    _BUILTIN[name] = target
-
-
-def get_pass(name: str) -> type[ModulePass] | None:
-    if name in _registered:
-        return _registered[name]
-    target = _BUILTIN.get(name)
-    if target is None:
-        return None
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    _registered[name] = cls
-    return cls
-
-
-def pass_names() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_registered))
-
-
-def describe(name: str) -> str:
-    """First line of the pass's docstring."""
-    cls = get_pass(name)
-    doc = (cls.__doc__ or "").strip() if cls else ""
-    return doc.splitlines()[0] if doc else ""
+register_pass = PASSES.register
+get_pass = PASSES.get
+pass_names = PASSES.names
+describe = PASSES.describe
