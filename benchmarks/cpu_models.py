@@ -20,10 +20,9 @@ and makes the script exit with status 1 (after the table, which marks the
 model). A latency is the median over N runs after a warm-up, N chosen so
 the runs take at least `--min-time` seconds in all (and N >= 5); a run is a
 batch of back-to-back inferences lasting about a millisecond, so the clock's
-own cost does not count for the fastest models. The runtimes of a model
-take turns batch by batch, so a busy spell of the machine does not skew
-their ratios. Ratios divide by Loom `run()`, which pays Python-side
-overheads comparable to `InferenceSession.run`.
+own cost does not count for the fastest models. Ratios divide by Loom
+`run()`, which pays Python-side overheads comparable to `InferenceSession.run`.
+Timings are only as steady as the machine: run it on an otherwise idle one.
 """
 
 from __future__ import annotations
@@ -77,22 +76,27 @@ class Runtime:
 # --------------------------------------------------------------------------
 
 
-def loom_native(artifact: Artifact, inputs: Outputs) -> Callable[[], Outputs]:
-    """The compiled entry point on buffers prepared once, as a C caller would use it."""
-    signature = artifact.signature
-    buffers = [to_storage(spec, inputs[spec.name]) for spec in signature.inputs]
-    results = [aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage) for spec in signature.outputs]
-    pointers = [b.ctypes.data for b in buffers + results]
-    entry = artifact._entry  # the artifact has no public handle on its native function
-    outputs = {spec.name: from_storage(spec, out) for spec, out in zip(signature.outputs, results)}
+class NativeCall:
+    """The compiled entry point on buffers prepared once, as a C caller would use it.
 
-    def infer() -> Outputs:
-        entry(*pointers)
-        return outputs
+    The buffers are kept on the object: the raw pointers passed to the entry
+    point are only valid while those arrays live.
+    """
 
-    infer.buffers = buffers  # the pointers are only valid while these arrays live
+    def __init__(self, artifact: Artifact, inputs: Outputs):
+        signature = artifact.signature
+        self.buffers = [to_storage(spec, inputs[spec.name]) for spec in signature.inputs]
+        results = [aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage)
+                   for spec in signature.outputs]
+        self.buffers += results
+        self.pointers = [b.ctypes.data for b in self.buffers]
+        self.entry = artifact._entry  # the artifact has no public handle on its native function
+        self.outputs = {spec.name: from_storage(spec, out)
+                        for spec, out in zip(signature.outputs, results)}
 
-    return infer
+    def __call__(self) -> Outputs:
+        self.entry(*self.pointers)
+        return self.outputs
 
 
 def ort_session(model_bytes: bytes, intra_op_threads: int | None) -> ort.InferenceSession:
@@ -120,19 +124,29 @@ def ort_runtimes(artifact: Artifact, inputs: Outputs) -> list[Runtime]:
     return runtimes
 
 
-def runtimes_for(path: Path, seed: int) -> tuple[str, Outputs, Outputs, list[Runtime]]:
-    """The model name, its inputs, the reference outputs and every runtime to time."""
+@dataclass
+class Subject:
+    """One sample model ready to check and time."""
+
+    model: str
+    reference: Outputs  # the interpreter's outputs on the untouched model
+    runtimes: list[Runtime]
+    loom_threads: int
+
+
+def prepare(path: Path, seed: int) -> Subject:
+    """Compile `path` for each runtime and compute the reference outputs on seeded inputs."""
     cpu = compiler.compile(path, target="cpu")
     interp = compiler.compile(path, target="interp")
     inputs = random_inputs(cpu.signature, seed)
     reference = run_model(find_model(cpu.reference_module, None), inputs)
     runtimes = [
         Runtime("Loom run()", lambda: cpu.run(**inputs)),
-        Runtime("Loom native", loom_native(cpu, inputs)),
+        Runtime("Loom native", NativeCall(cpu, inputs)),
         Runtime("interp", lambda: interp.run(**inputs)),
         *ort_runtimes(cpu, inputs),
     ]
-    return cpu.model, inputs, reference, runtimes
+    return Subject(cpu.model, reference, runtimes, cpu.report.get("threads", 1))
 
 
 # --------------------------------------------------------------------------
@@ -161,18 +175,13 @@ def max_abs_error(outputs: Outputs, reference: Outputs) -> float:
     return error
 
 
-@dataclass
-class TimingPlan:
-    """How one runtime is sampled: `runs` batches of `batch` back-to-back inferences."""
+def median_latency(infer: Callable[[], object], min_time: float) -> float:
+    """Median seconds per inference over at least MIN_RUNS batches totalling `min_time`.
 
-    infer: Callable[[], object]
-    batch: int
-    runs: int
-    samples: list[float]
-
-
-def plan_timing(infer: Callable[[], object], min_time: float) -> TimingPlan:
-    """Warm `infer` up and size its batches (~BATCH_SECONDS) and runs (>= `min_time` in all)."""
+    Each runtime is timed on its own: interleaving them lets the thread pools
+    of onnxruntime and of numpy's BLAS, which spin for a while after a call,
+    slow down whichever runtime comes next.
+    """
     calls, start = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - start < WARMUP_SECONDS:
         infer()
@@ -180,30 +189,18 @@ def plan_timing(infer: Callable[[], object], min_time: float) -> TimingPlan:
     estimate = (time.perf_counter() - start) / calls
     batch = max(1, round(BATCH_SECONDS / estimate))
     runs = max(MIN_RUNS, math.ceil(min_time / (batch * estimate)))
-    return TimingPlan(infer, batch, runs, [])
-
-
-def median_latencies(infers: dict[str, Callable[[], object]], min_time: float) -> dict[str, float]:
-    """Median seconds per inference of each runtime.
-
-    The runtimes take turns, one batch each, so a slow spell of the machine
-    (another process, frequency scaling) falls on all of them alike rather
-    than on whichever was being timed at that moment.
-    """
-    plans = {label: plan_timing(infer, min_time) for label, infer in infers.items()}
+    samples = []
     gc.collect()
     gc.disable()
     try:
-        while any(len(plan.samples) < plan.runs for plan in plans.values()):
-            for plan in plans.values():
-                if len(plan.samples) < plan.runs:
-                    start = time.perf_counter()
-                    for _ in range(plan.batch):
-                        plan.infer()
-                    plan.samples.append((time.perf_counter() - start) / plan.batch)
+        for _ in range(runs):
+            start = time.perf_counter()
+            for _ in range(batch):
+                infer()
+            samples.append((time.perf_counter() - start) / batch)
     finally:
         gc.enable()
-    return {label: statistics.median(plan.samples) for label, plan in plans.items()}
+    return statistics.median(samples)
 
 
 # --------------------------------------------------------------------------
@@ -221,14 +218,16 @@ def cpu_model_name() -> str:
 def print_header(min_time: float) -> None:
     host = host_target()
     llvm_version = ".".join(map(str, llvm.llvm_version_info))
-    packages = ", ".join(f"{p} {version(p)}" for p in ("loom", "numpy", "xdsl", "llvmlite", "onnx", "onnxruntime"))
+    packages = ", ".join(f"{name} {version(name)}" for name in
+                         ("loom", "numpy", "xdsl", "llvmlite", "onnx", "onnxruntime"))
     print(f"date:     {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine:  {cpu_model_name()}, {os.cpu_count()} logical CPUs, {platform.machine()}, "
           f"LLVM host CPU {host.cpu}")
     print(f"versions: Python {platform.python_version()}, {packages}, LLVM {llvm_version}, "
           f"ONNX opset {DEFAULT_OPSET}")
     print(f"method:   median latency per inference (µs) over >= {MIN_RUNS} runs and >= {min_time} s "
-          f"after warm-up; ratios are relative to Loom run()")
+          f"after warm-up; ratios are relative to Loom run(); ORT default = onnxruntime's own "
+          f"intra-op thread count")
     print()
 
 
@@ -252,23 +251,26 @@ def main() -> int:
     print_header(args.min_time)
     rows: list[tuple[str, dict[str, float | None]]] = []
     mismatches: list[str] = []
+    mismatched_models: set[str] = set()
     notes: list[str] = []
     for path in args.samples:
-        model, _, reference, runtimes = runtimes_for(path, args.seed)
+        subject = prepare(path, args.seed)
+        model, runtimes = subject.model, subject.runtimes
         errors = []
         for rt in runtimes:
             if rt.infer is None:
                 errors.append(f"{rt.label} n/a")
                 notes.append(f"{model}, {rt.label}: {rt.unavailable}")
                 continue
-            error = max_abs_error(rt.infer(), reference)
+            error = max_abs_error(rt.infer(), subject.reference)
             errors.append(f"{rt.label} {error:.1e}")
             if not error <= TOLERANCE:
                 mismatches.append(f"{model}: {rt.label} differs from the interpreter by {error:.3g}")
-        print(f"check {model:<18} max abs err vs interpreter: " + ", ".join(errors), flush=True)
-        available = {rt.label: rt.infer for rt in runtimes if rt.infer is not None}
-        measured = median_latencies(available, args.min_time)
-        latencies = {rt.label: measured.get(rt.label) for rt in runtimes}
+                mismatched_models.add(model)
+        print(f"check {model:<18} (Loom threads: {subject.loom_threads}) "
+              "max abs err vs interpreter: " + ", ".join(errors), flush=True)
+        latencies = {rt.label: None if rt.infer is None else median_latency(rt.infer, args.min_time)
+                     for rt in runtimes}
         rows.append((model, latencies))
 
     labels = list(rows[0][1]) if rows else []
@@ -279,7 +281,7 @@ def main() -> int:
     print("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for model, latencies in rows:
         loom = latencies["Loom run()"]
-        flagged = model + (" (!)" if any(m.startswith(f"{model}:") for m in mismatches) else "")
+        flagged = model + (" (!)" if model in mismatched_models else "")
         cells = [flagged, *(fmt_us(latencies[label]) for label in labels),
                  fmt_ratio(latencies["ORT 1 thread"], loom),
                  fmt_ratio(latencies["ORT default"], loom),

@@ -28,8 +28,15 @@ from compiler.mlir import parse_mlir
 from compiler.model import find_model, signature_of
 from compiler.pass_manager import PassManager, PassManagerOptions
 
-# Target-independent simplification run on every model before lowering.
-MODEL_PIPELINE = "fold-constants,canonicalize,cse,dce"
+
+
+def model_pipeline(options: CompileOptions) -> str:
+    """Target-independent simplification run on every model before lowering."""
+    passes = ["fold-constants", "fold-batchnorm" if options.fusion else "", "canonicalize", "cse", "dce"]
+    return ",".join(p for p in passes if p)
+
+
+MODEL_PIPELINE = model_pipeline(CompileOptions())
 
 Source = str | Path
 
@@ -114,7 +121,7 @@ def compile(
 
     module = reference.clone()
     ctx = make_context()
-    pipeline = ",".join(p for p in (MODEL_PIPELINE, passes) if p)
+    pipeline = ",".join(p for p in (model_pipeline(options), passes) if p)
     stages = Stages()
     model_pm = PassManager.from_pipeline(ctx, pipeline, pass_options)
     model_pm.run(module)

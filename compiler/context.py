@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from xdsl.context import Context
-from xdsl.dialects import affine, arith, func, linalg, math, memref, scf, tensor
+from xdsl.dialects import affine, arith, func, linalg, math, memref, scf, tensor, vector
 from xdsl.dialects.builtin import Builtin
 
+from dialects.mem import MEM
 from dialects.nn import NN
 
 
@@ -13,6 +14,6 @@ def make_context() -> Context:
     """A context with Loom's dialects and the upstream ones its lowerings use."""
     ctx = Context()
     for dialect in (Builtin, func.Func, arith.Arith, math.Math, scf.Scf, memref.MemRef,
-                    linalg.Linalg, tensor.Tensor, affine.Affine, NN):
+                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM):
         ctx.load_dialect(dialect)
     return ctx

@@ -55,8 +55,15 @@ class Registry(Generic[T]):
         return sorted(set(self._declared()) | set(self._registered))
 
     def describe(self, name: str) -> str:
-        """A one-line description: the class's `description`, else its docstring's first line."""
-        cls = self.get(name)
+        """A one-line description: the class's `description`, else its docstring's first line.
+
+        A plugin that fails to load is described by its error, so one broken
+        plugin does not hide the others from a listing.
+        """
+        try:
+            cls = self.get(name)
+        except LoomError as e:
+            return f"(cannot load: {e.message})"
         text = self._descriptions.get(name) or getattr(cls, "description", None) or cls.__doc__ or ""
         text = text.strip()
         return text.splitlines()[0] if text else ""

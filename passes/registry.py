@@ -22,6 +22,13 @@ _BUILTIN: dict[str, str] = {
     "convert-nn-to-linalg": "passes.convert_nn_to_linalg:ConvertNNToLinalgPass",
     "bufferize": "passes.bufferize:BufferizePass",
     "fold-constants": "passes.fold_constants:FoldConstantsPass",
+    "plan-spills": "passes.plan_spills:PlanSpillsPass",
+    "fold-batchnorm": "passes.fold_batchnorm:FoldBatchNormPass",
+    "fuse-elementwise": "passes.fuse_elementwise:FuseElementwisePass",
+    "schedule-memory": "passes.schedule_memory:ScheduleMemoryPass",
+    "plan-memory": "passes.plan_memory:PlanMemoryPass",
+    "tile": "passes.tile:TilePass",
+    "vectorize": "passes.vectorize:VectorizePass",
 }
 
 # One-liners for upstream passes whose classes have no docstring.

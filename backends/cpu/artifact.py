@@ -26,10 +26,11 @@ class CpuArtifact(Artifact):
     linked as a shared library. `obj` and `shared` come with a C header.
     """
 
-    def __init__(self, module: ModuleOp, signature: ModelSignature, opt_level: int):
+    def __init__(self, module: ModuleOp, signature: ModelSignature, opt_level: int, threads: int = 1):
         super().__init__("cpu", signature)
         start = time.perf_counter()
-        emitted = emit_model(module, signature)
+        emitted = emit_model(module, signature, threads)
+        self._threads = threads if emitted.parallel_loops else 1
         ir_text = str(emitted.module)
         self._machine = target_machine(opt_level)
         self._llvm = optimise(ir_text, self._machine, opt_level)
@@ -44,6 +45,8 @@ class CpuArtifact(Artifact):
             llvm_ir_bytes=len(ir_text.encode()),  # as emitted, before LLVM's optimisation
             object_bytes=len(self._object),
             opt_level=opt_level,
+            threads=self._threads,
+            parallel_loops=emitted.parallel_loops,
             target_triple=host.triple,
             cpu=host.cpu,
         )
@@ -66,7 +69,7 @@ class CpuArtifact(Artifact):
         if kind in ("obj", "shared"):
             binary = self._object if kind == "obj" else link_shared(self._object)
             header = target.with_suffix(".h")
-            text = c_header(self.signature, header.stem)
+            text = c_header(self.signature, header.stem, self._threads)
             write_atomic(target, binary)
             write_atomic(header, text)
             return [str(target), str(header)]

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from xdsl.dialects import arith, func, math, memref, scf
+from xdsl.dialects import arith, func, math, memref, scf, vector
 from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
     BFloat16Type,
     DenseIntOrFPElementsAttr,
     Float16Type,
@@ -51,14 +52,17 @@ from xdsl.dialects.builtin import (
     ModuleOp,
     NoneAttr,
     UnitAttr,
+    VectorType,
 )
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from backends.cpu.abi import ALIGNMENT, entry_symbol, parameter_names
+from backends.cpu.runtime import TASK_TYPE, AddressOf, parallel_for
 from compiler.artifact import ModelSignature
 from compiler.diagnostics import InternalError
 from compiler.model import models
 from dialects.nn import round_to_bf16
+from passes.tile import PARALLEL_ATTR
 
 # Buffers allocated at the top level of the model live on the stack while
 # each is at most STACK_BUFFER_LIMIT bytes and together they fit in
@@ -109,6 +113,8 @@ def register_type(t: Attribute) -> ir.Type:
         return F32
     if isinstance(t, Float64Type):
         return F64
+    if isinstance(t, VectorType) and t.get_num_dims() == 1:
+        return ir.VectorType(register_type(t.element_type), t.get_shape()[0])
     raise InternalError(f"cpu backend: unsupported element type {t}")
 
 
@@ -146,10 +152,20 @@ def identity_strides(shape: Sequence[int]) -> list[int]:
 
 
 def check_memref(t: Attribute) -> MemRefType:
+    """`t`, if it is a statically shaped memref with static strides."""
     if not isinstance(t, MemRefType) or any(d < 0 for d in t.get_shape()):
         raise InternalError(f"cpu backend: expected a statically shaped memref, got {t}")
-    if not isinstance(t.layout, NoneAttr):
-        raise InternalError(f"cpu backend: only identity layouts are supported, got {t}")
+    strides = t.get_strides()
+    if strides is None or any(stride is None for stride in strides):
+        raise InternalError(f"cpu backend: only layouts with static strides are supported, got {t}")
+    return t
+
+
+def check_dense(t: Attribute) -> MemRefType:
+    """`t`, if it is a memref laid out densely in row-major order."""
+    t = check_memref(t)
+    if not isinstance(t.layout, NoneAttr) and tuple(t.get_strides()) != tuple(identity_strides(t.get_shape())):
+        raise InternalError(f"cpu backend: expected a dense row-major memref, got {t}")
     return t
 
 
@@ -169,7 +185,7 @@ def _bytes_literal(data: bytes) -> str:
 
 def global_bytes(op: memref.GlobalOp) -> bytes | None:
     """The initial contents of a global in storage layout; None means all zero."""
-    t = check_memref(op.type)
+    t = check_dense(op.type)
     value = op.initial_value
     if isinstance(value, UnitAttr):
         return None
@@ -186,7 +202,7 @@ def global_bytes(op: memref.GlobalOp) -> bytes | None:
 
 
 def declare_global(module: ir.Module, op: memref.GlobalOp) -> ir.GlobalVariable:
-    size = memref_bytes(check_memref(op.type))
+    size = memref_bytes(check_dense(op.type))
     array = ir.ArrayType(I8, size)
     variable = ir.GlobalVariable(module, array, name=f"const.{op.sym_name.data}")
     data = global_bytes(op)
@@ -207,15 +223,56 @@ def declare_global(module: ir.Module, op: memref.GlobalOp) -> ir.GlobalVariable:
 
 @dataclass(frozen=True)
 class Buffer:
-    """A memref value: where its first element is, and how it is shaped."""
+    """A memref value: where its first element is, how it is shaped and laid
+    out, and which storage it is (a view of): `root` identifies an argument,
+    allocation or global, so that buffers on different roots never alias."""
 
     pointer: ir.Value
     type: MemRefType
+    root: object
     on_stack: bool = False
+    aligned: bool = True  # the pointer is ALIGNMENT-aligned
 
     @property
     def element_type(self) -> Attribute:
         return self.type.element_type
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(self.type.get_strides())
+
+    def view(self, pointer: ir.Value, t: MemRefType, aligned: bool) -> Buffer:
+        """A buffer on the same storage."""
+        return Buffer(pointer, check_memref(t), self.root, self.on_stack, aligned and self.aligned)
+
+
+def captured_values(loop: scf.ForOp) -> list[SSAValue]:
+    """The values defined outside `loop` that its body (or its step) uses, in first-use order."""
+    inside: set[SSAValue] = set()
+    for nested in loop.walk():
+        inside.update(nested.results)
+        for region in nested.regions:
+            for block in region.blocks:
+                inside.update(block.args)
+    used = [loop.step] + [v for nested in loop.body.walk() for v in nested.operands]
+    return [v for v in dict.fromkeys(used) if v not in inside]
+
+
+def describe_pointer(argument: ir.Argument, buffer: Buffer, unique: bool) -> None:
+    """Attributes of a pointer argument of an outlined loop."""
+    for attribute in ("noalias",) * unique + ("nonnull", "noundef"):
+        argument.add_attribute(attribute)
+    if buffer.aligned:
+        argument.attributes.align = ALIGNMENT
+        if isinstance(buffer.type.layout, NoneAttr):
+            argument.attributes.dereferenceable = max(memref_bytes(buffer.type), 1)
+
+
+def intrinsic_suffix(t: ir.Type) -> str:
+    """How LLVM names an overload of an intrinsic for type `t` (f32, i64, v16f32...)."""
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{intrinsic_suffix(t.element)}"
+    return {F16: "f16", F32: "f32", F64: "f64"}.get(t) or f"i{t.width}"
 
 
 _handlers: dict[type[Operation], Callable[[FunctionEmitter, Operation], None]] = {}
@@ -259,15 +316,28 @@ INT_PREDICATES = {"eq": (True, "=="), "ne": (True, "!="), "slt": (True, "<"), "s
 LIBM_SUFFIX = {F32: "f", F64: ""}
 
 
-class FunctionEmitter:
-    """Emits the body of one model function into an LLVM function."""
+@dataclass
+class ModelContext:
+    """What every function emitted for one model shares."""
 
-    def __init__(self, module: ir.Module, globals_by_name: dict[str, ir.GlobalVariable],
-                 model: func.FuncOp, function: ir.Function):
-        self.module = module
-        self.model = model
-        self.globals_by_name = globals_by_name
+    module: ir.Module
+    globals_by_name: dict[str, ir.GlobalVariable]
+    model: func.FuncOp
+    symbol: str  # the entry point's name; outlined functions are named after it
+    threads: int
+    regions: int = 0  # parallel loops outlined so far
+
+
+class FunctionEmitter:
+    """Emits a model function's body, or an outlined loop of it, into an LLVM function."""
+
+    def __init__(self, context: ModelContext, function: ir.Function, parallel: bool = True):
+        self.context = context
+        self.module = context.module
+        self.model = context.model
+        self.globals_by_name = context.globals_by_name
         self.function = function
+        self.parallel = parallel and context.threads > 1
         # The entry block holds only the stack buffers, so LLVM sees fixed-size
         # frame slots; the code starts in the block after it.
         entry = function.append_basic_block("entry")
@@ -302,8 +372,7 @@ class FunctionEmitter:
         return ir.Function(self.module, ir.FunctionType(result, list(args)), name=name)
 
     def intrinsic(self, name: str, t: ir.Type, arity: int) -> ir.Function:
-        suffix = {F16: "f16", F32: "f32", F64: "f64"}.get(t) or f"i{t.width}"
-        return self.declare(f"{name}.{suffix}", t, [t] * arity)
+        return self.declare(f"{name}.{intrinsic_suffix(t)}", t, [t] * arity)
 
     def libm(self, name: str, t: ir.Type, arity: int) -> ir.Function:
         return self.declare(name + LIBM_SUFFIX[t], t, [t] * arity)
@@ -329,7 +398,12 @@ class FunctionEmitter:
     def _for(self, op: scf.ForOp) -> None:
         if any(isinstance(v.type, MemRefType) for v in op.iter_args):
             raise unsupported("scf.for carrying memrefs")
-        lower, upper, step = self.scalar(op.lb), self.scalar(op.ub), self.scalar(op.step)
+        if self.parallel and PARALLEL_ATTR in op.attributes and not op.iter_args:
+            self.emit_parallel(op)
+            return
+        self.emit_loop(op, self.scalar(op.lb), self.scalar(op.ub), self.scalar(op.step))
+
+    def emit_loop(self, op: scf.ForOp, lower: ir.Value, upper: ir.Value, step: ir.Value) -> None:
         before = self.builder.block
         header = self.function.append_basic_block("loop.header")
         body = self.function.append_basic_block("loop.body")
@@ -363,6 +437,69 @@ class FunctionEmitter:
         for result, phi in zip(op.results, carried):
             self.bind(result, phi)
 
+    # ---- parallel loops -------------------------------------------------------
+
+    def emit_parallel(self, op: scf.ForOp) -> None:
+        """Outline the loop into a task over [lo, hi) and run it on the worker threads."""
+        captured = captured_values(op)
+        task = self.outline(op, captured)
+        b = self.builder
+        slots = [self.llvm_value(v) for v in captured]
+        record_type = ir.LiteralStructType([slot.type for slot in slots])
+        record = opaque(self.alloca_builder.alloca(record_type))
+        for index, slot in enumerate(slots):
+            field = b.gep(record, [I32(0), I32(index)], inbounds=True, source_etype=record_type)
+            b.store(slot, field)
+        lower, upper, step = self.scalar(op.lb), self.scalar(op.ub), self.scalar(op.step)
+        span = b.sub(upper, lower)
+        trips = b.sdiv(b.add(span, b.sub(step, I64(1))), step)
+        trips = b.select(b.icmp_signed(">", trips, I64(0)), trips, I64(0))
+        runner = parallel_for(self.module, self.context.threads)
+        b.call(runner, [AddressOf(task), record, lower, step, trips])
+
+    def llvm_value(self, value: SSAValue) -> ir.Value:
+        found = self.values[value]
+        return found.pointer if isinstance(found, Buffer) else found
+
+    def outline(self, op: scf.ForOp, captured: list[SSAValue]) -> ir.Function:
+        """`void task(ptr record, i64 lo, i64 hi)` unpacking the captured values
+        from `record` and calling `body(lo, hi, captured...)`, whose pointer
+        arguments carry what LLVM needs to know about them (noalias when no
+        other captured buffer shares their storage, alignment, size)."""
+        context = self.context
+        name = f"{context.symbol}.parallel.{context.regions}"
+        context.regions += 1
+        values = [self.values[v] for v in captured]
+        types = [PTR if isinstance(v, Buffer) else v.type for v in values]
+        body = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, I64, *types]), name=f"{name}.body")
+        body.linkage = "internal"
+        body.attributes.add("nounwind")
+        roots = [v.root for v in values if isinstance(v, Buffer)]
+        inner = FunctionEmitter(context, body, parallel=False)
+        lo, hi = body.args[:2]
+        for value, outer, arg in zip(captured, values, body.args[2:]):
+            if isinstance(outer, Buffer):
+                describe_pointer(arg, outer, unique=roots.count(outer.root) == 1)
+                inner.bind(value, Buffer(arg, outer.type, outer.root, outer.on_stack, outer.aligned))
+            else:
+                inner.bind(value, arg)
+        inner.emit_loop(op, lo, hi, inner.scalar(op.step))
+        inner.builder.ret_void()
+
+        task = ir.Function(self.module, TASK_TYPE, name=name)
+        task.linkage = "internal"
+        task.attributes.add("nounwind")
+        builder = ir.IRBuilder(task.append_basic_block("entry"))
+        record, lo, hi = task.args
+        record_type = ir.LiteralStructType(types)
+        loaded = [
+            builder.load(builder.gep(record, [I32(0), I32(i)], inbounds=True, source_etype=record_type), typ=t)
+            for i, t in enumerate(types)
+        ]
+        builder.call(body, [lo, hi, *loaded])
+        builder.ret_void()
+        return task
+
     @handles(scf.IfOp)
     def _if(self, op: scf.IfOp) -> None:
         then_block = self.function.append_basic_block("if.then")
@@ -384,10 +521,10 @@ class FunctionEmitter:
 
     # ---- memory ---------------------------------------------------------------
 
-    def element_pointer(self, buffer: Buffer, indices: Sequence[SSAValue]) -> ir.Value:
+    def element_pointer(self, buffer: Buffer, indices: Sequence[SSAValue | ir.Value]) -> ir.Value:
         offset = None
-        for index, stride in zip(indices, identity_strides(buffer.type.get_shape())):
-            term = self.scalar(index)
+        for index, stride in zip(indices, buffer.strides):
+            term = index if isinstance(index, ir.Value) else self.scalar(index)
             if stride != 1:
                 term = self.builder.mul(term, I64(stride), flags=["nsw", "nuw"])
             offset = term if offset is None else self.builder.add(offset, term, flags=["nsw", "nuw"])
@@ -426,22 +563,22 @@ class FunctionEmitter:
         name = op.name_.root_reference.data
         if name not in self.globals_by_name:
             raise InternalError(f"cpu backend: reference to undefined global @{name}")
-        self.bind(op.memref, Buffer(self.globals_by_name[name], check_memref(op.memref.type)))
+        self.bind(op.memref, Buffer(self.globals_by_name[name], check_dense(op.memref.type), name))
 
     @handles(memref.AllocOp, memref.AllocaOp)
     def _alloc(self, op: memref.AllocOp | memref.AllocaOp) -> None:
-        t = check_memref(op.memref.type)
+        t = check_dense(op.memref.type)
         size = memref_bytes(t)
         fits = size <= STACK_BUFFER_LIMIT and self.stack_bytes + size <= STACK_BUDGET
         if isinstance(op, memref.AllocaOp) or (op.parent_op() is self.model and fits):
             self.stack_bytes += size
             slot = opaque(self.alloca_builder.alloca(ir.ArrayType(I8, max(size, 1))))
             slot.align = ALIGNMENT
-            self.bind(op.memref, Buffer(slot, t, on_stack=True))
+            self.bind(op.memref, Buffer(slot, t, op, on_stack=True))
             return
         aligned_alloc = self.declare("aligned_alloc", PTR, [I64, I64])
         padded = -(-max(size, 1) // ALIGNMENT) * ALIGNMENT  # C11 wants a multiple of the alignment
-        self.bind(op.memref, Buffer(self.builder.call(aligned_alloc, [I64(ALIGNMENT), I64(padded)]), t))
+        self.bind(op.memref, Buffer(self.builder.call(aligned_alloc, [I64(ALIGNMENT), I64(padded)]), t, op))
 
     @handles(memref.DeallocOp)
     def _dealloc(self, op: memref.DeallocOp) -> None:
@@ -452,13 +589,73 @@ class FunctionEmitter:
     @handles(memref.CopyOp)
     def _copy(self, op: memref.CopyOp) -> None:
         source, target = self.buffer(op.source), self.buffer(op.destination)
+        check_dense(source.type), check_dense(target.type)
         memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
         self.builder.call(memcpy, [target.pointer, source.pointer, I64(memref_bytes(source.type)), I1(0)])
 
     @handles(memref.CollapseShapeOp, memref.ExpandShapeOp)
     def _reshape(self, op: memref.CollapseShapeOp | memref.ExpandShapeOp) -> None:
         source = self.buffer(op.src)
-        self.bind(op.result, Buffer(source.pointer, check_memref(op.result.type), source.on_stack))
+        check_dense(source.type)
+        self.bind(op.result, source.view(source.pointer, check_dense(op.result.type), aligned=True))
+
+    @handles(memref.SubviewOp)
+    def _subview(self, op: memref.SubviewOp) -> None:
+        """A view starting `sum(offset * stride)` elements in, with the result type's strides."""
+        source = self.buffer(op.source)
+        dynamic = iter(op.offsets)
+        if op.sizes or op.strides:
+            raise unsupported("memref.subview with dynamic sizes or strides")
+        offsets = [self.scalar(next(dynamic)) if o == DYNAMIC_INDEX else I64(o)
+                   for o in op.static_offsets.get_values()]
+        pointer = self.element_pointer(source, offsets)
+        at_start = all(isinstance(o, ir.Constant) and o.constant == 0 for o in offsets)
+        self.bind(op.result, source.view(pointer, check_memref(op.result.type), aligned=at_start))
+
+    @handles(memref.ViewOp)
+    def _view(self, op: memref.ViewOp) -> None:
+        """A dense buffer `byte_shift` bytes into an i8 buffer."""
+        source = self.buffer(op.source)
+        if op.sizes:
+            raise unsupported("memref.view with dynamic sizes")
+        shift = self.scalar(op.byte_shift)
+        pointer = self.builder.gep(source.pointer, [shift], inbounds=True, source_etype=I8)
+        aligned = isinstance(shift, ir.Constant) and shift.constant % ALIGNMENT == 0
+        self.bind(op.result, source.view(pointer, check_dense(op.result.type), aligned))
+
+    # ---- vectors -------------------------------------------------------------------
+
+    def vector_pointer(self, op: vector.LoadOp | vector.StoreOp) -> tuple[ir.Value, int]:
+        buffer = self.buffer(op.base)
+        if buffer.element_type != Float32Type() or buffer.strides[-1:] not in ((), (1,)):
+            raise unsupported(f"{op.name} on {buffer.type}")
+        return self.element_pointer(buffer, op.indices), storage_size(buffer.element_type)
+
+    @handles(vector.LoadOp)
+    def _vector_load(self, op: vector.LoadOp) -> None:
+        pointer, align = self.vector_pointer(op)
+        self.bind(op.result, self.builder.load(pointer, typ=register_type(op.result.type), align=align))
+
+    @handles(vector.StoreOp)
+    def _vector_store(self, op: vector.StoreOp) -> None:
+        pointer, align = self.vector_pointer(op)
+        self.builder.store(self.scalar(op.vector), pointer, align=align)
+
+    @handles(vector.BroadcastOp)
+    def _broadcast(self, op: vector.BroadcastOp) -> None:
+        t = register_type(op.vector.type)
+        if isinstance(op.source.type, VectorType):
+            raise unsupported("vector.broadcast of a vector")
+        undefined = ir.Constant(t, ir.Undefined)
+        first = self.builder.insert_element(undefined, self.scalar(op.source), I32(0))
+        mask = ir.Constant(ir.VectorType(I32, t.count), [0] * t.count)
+        self.bind(op.vector, self.builder.shuffle_vector(first, undefined, mask))
+
+    @handles(vector.FMAOp)
+    def _vector_fma(self, op: vector.FMAOp) -> None:
+        t = register_type(op.res.type)
+        operands = [self.scalar(v) for v in (op.lhs, op.rhs, op.acc)]
+        self.bind(op.res, self.builder.call(self.intrinsic("llvm.fma", t, 3), operands))
 
     # ---- narrow floats ------------------------------------------------------------
 
@@ -680,10 +877,12 @@ class FunctionEmitter:
 class EmittedModel:
     module: ir.Module
     entry: str
+    parallel_loops: int  # loops split over threads (so the code calls pthreads)
 
 
-def emit_model(module: ModuleOp, signature: ModelSignature) -> EmittedModel:
-    """Build the LLVM module for the single lowered model in `module`."""
+def emit_model(module: ModuleOp, signature: ModelSignature, threads: int = 1) -> EmittedModel:
+    """Build the LLVM module for the single lowered model in `module`; loops
+    marked `loom.parallel` run on `threads` threads."""
     llvm_module = ir.Module(name=signature.name)
     globals_by_name: dict[str, ir.GlobalVariable] = {}
     found = models(module)
@@ -706,14 +905,15 @@ def emit_model(module: ModuleOp, signature: ModelSignature) -> EmittedModel:
     entry = entry_symbol(signature.name)
     function = ir.Function(llvm_module, ir.FunctionType(ir.VoidType(), [PTR] * len(specs)), name=entry)
     function.attributes.add("nounwind")
-    emitter = FunctionEmitter(llvm_module, globals_by_name, model, function)
+    context = ModelContext(llvm_module, globals_by_name, model, entry, threads)
+    emitter = FunctionEmitter(context, function)
     for block_arg, llvm_arg, name in zip(model.body.block.args, function.args, parameter_names(signature)):
-        t = check_memref(block_arg.type)
+        t = check_dense(block_arg.type)
         llvm_arg.name = name
         for attribute in ("noalias", "nonnull", "noundef"):
             llvm_arg.add_attribute(attribute)
         llvm_arg.attributes.align = ALIGNMENT
         llvm_arg.attributes.dereferenceable = max(memref_bytes(t), 1)
-        emitter.bind(block_arg, Buffer(llvm_arg, t))
+        emitter.bind(block_arg, Buffer(llvm_arg, t, block_arg))
     emitter.emit_body(model.body.block)
-    return EmittedModel(llvm_module, entry)
+    return EmittedModel(llvm_module, entry, context.regions)

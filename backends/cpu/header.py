@@ -18,7 +18,7 @@ def _macros(prefix: str, spec: TensorSpec, parameter: str) -> list[str]:
     ]
 
 
-def c_header(signature: ModelSignature, guard_stem: str) -> str:
+def c_header(signature: ModelSignature, guard_stem: str, threads: int = 1) -> str:
     entry = entry_symbol(signature.name)
     prefix = entry.upper()
     guard = f"{c_identifier(guard_stem).upper()}_H"
@@ -45,6 +45,14 @@ def c_header(signature: ModelSignature, guard_stem: str) -> str:
         " * binary16 for f16, the upper half of an IEEE binary32 for bf16. */",
         "",
     ]
+    if threads > 1:
+        lines += [
+            f"/* Each call splits its larger loops over {threads} POSIX threads: it starts",
+            f" * {threads - 1} with pthread_create and joins them before returning. Link with",
+            " * -lpthread (a no-op on glibc 2.34 and later); calls from several threads at",
+            " * once are safe. */",
+            "",
+        ]
     for spec, name in zip(specs, names):
         lines.append(f"/* {spec.name}: {spec.describe()} */")
         lines += _macros(prefix, spec, name)

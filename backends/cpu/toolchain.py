@@ -32,9 +32,12 @@ class HostTarget:
 def host_target() -> HostTarget:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    libm = ctypes.util.find_library("m")
-    if libm:  # generated code calls tanhf & co.; make sure the JIT can resolve them
-        llvm.load_library_permanently(libm)
+    # Generated code calls tanhf & co. and, with threads, pthread_create and
+    # pthread_join; make sure the JIT can resolve them.
+    for library in ("m", "pthread"):
+        path = ctypes.util.find_library(library)
+        if path:
+            llvm.load_library_permanently(path)
     return HostTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(),
                       llvm.get_host_cpu_features().flatten())
 
@@ -94,7 +97,7 @@ def link_shared(object_code: bytes) -> bytes:
     with tempfile.TemporaryDirectory(prefix="loom-link-") as scratch:
         obj, lib = Path(scratch, "model.o"), Path(scratch, "model.so")
         obj.write_bytes(object_code)
-        done = subprocess.run([compiler, "-shared", "-o", str(lib), str(obj), "-lm"],
+        done = subprocess.run([compiler, "-shared", "-o", str(lib), str(obj), "-lm", "-lpthread"],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise LoomError(f"linking the shared library with {compiler} failed:\n{done.stderr.strip()}")
