@@ -25,6 +25,8 @@ _EXPORTS = {
     "check": "compiler.api",
     "compile": "compiler.api",
     "load_module": "compiler.api",
+    "import_onnx": "compiler.onnx",
+    "write_loom": "compiler.loom_writer",
     "InternalError": "compiler.diagnostics",
     "LoomError": "compiler.diagnostics",
 }

@@ -67,11 +67,11 @@ def load_weights(weights: str | Path | Mapping[str, Any] | None) -> dict[str, np
 
 
 def _looks_like_path(source: str) -> bool:
-    return "\n" not in source and "{" not in source and source.strip().endswith((".loom", ".mlir"))
+    return "\n" not in source and "{" not in source and source.strip().endswith((".loom", ".mlir", ".onnx"))
 
 
 def load_module(source: Source, weights: str | Path | Mapping[str, Any] | None = None) -> ModuleOp:
-    """Parse a .loom or .mlir file (by path) or .loom source text into an nn module."""
+    """Parse a .loom, .mlir or .onnx file (by path) or .loom source text into an nn module."""
     loaded = load_weights(weights)
     if isinstance(source, Path) or _looks_like_path(source):
         path = Path(source)
@@ -79,6 +79,12 @@ def load_module(source: Source, weights: str | Path | Mapping[str, Any] | None =
             raise LoomError(f"no such file: '{path}'")
         if path.suffix == ".mlir":
             return parse_mlir(path.read_text(), str(path))
+        if path.suffix == ".onnx":
+            if loaded is not None:
+                raise LoomError("an ONNX model carries its own weights; --weights applies to .loom files")
+            from compiler.onnx import import_onnx
+
+            return import_onnx(path)
         return frontend.load_file(path, weights=loaded)
     return frontend.parse_source(source, "<string>", weights=loaded)
 

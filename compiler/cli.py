@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
     p.add_argument("--timing", action="store_true")
 
+    p = sub.add_parser("import", help="convert an ONNX model to .loom source and an .npz weights file",
+                       description="Convert an ONNX model to a .loom file and the .npz file of its params.")
+    p.add_argument("file", help="an .onnx model")
+    p.add_argument("-o", "--output", metavar="OUT.loom",
+                   help="output file (default: FILE with suffix .loom, in the current directory)")
+    p.add_argument("--weights-out", metavar="W.npz", help="weights file (default: OUT with suffix .npz)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a named dynamic input dim (repeatable)")
+    p.add_argument("--name", help="model name (default: the file's stem)")
+
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
     return parser
@@ -240,6 +250,26 @@ def cmd_opt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_dims(specs: list[str]) -> dict[str, int]:
+    dims = {}
+    for spec in specs:
+        name, _, size = spec.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise LoomError(f"--dim expects NAME=SIZE with a positive size, got '{spec}'")
+        dims[name] = int(size)
+    return dims
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from compiler.onnx import import_to_loom
+
+    output = args.output or Path(args.file).with_suffix(".loom").name
+    for written in import_to_loom(args.file, output, args.weights_out, model_name=args.name,
+                                  dims=_parse_dims(args.dim)):
+        print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from passes import registry
 
@@ -261,6 +291,7 @@ COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
     "opt": cmd_opt,
+    "import": cmd_import,
     "passes": cmd_passes,
     "targets": cmd_targets,
 }

@@ -439,10 +439,22 @@ def balanced(extent: int, limit: int, multiple: int = 1) -> int:
         blocks += 1
 
 
+def divisor_or_balanced(extent: int, limit: int, multiple: int = 1) -> int:
+    """A tile size of at most `limit` (in multiples of `multiple`): the largest
+    one dividing `extent` if that is at least half the limit (no remainder
+    tile), else the balanced one."""
+    if extent <= limit:
+        return extent
+    for size in range(limit - limit % multiple, max(multiple, limit // 2) - 1, -multiple):
+        if size and extent % size == 0:
+            return size
+    return balanced(extent, limit, multiple)
+
+
 def choose_kernel(nest: LoopNest, roles: Contraction, machine: Machine) -> Kernel | None:
     """The register tile with the best predicted compute rate over the whole
-    nest, then the fewest L1 loads per FMA, then the fewest registers; None
-    when the vector dim is too short for any vector."""
+    nest, then the fewest remainder tiles, the fewest L1 loads per FMA and
+    the fewest registers; None when the vector dim is too short for any vector."""
     lanes = machine.lanes
     columns = nest.sizes[roles.vector_dim]
     if not vector_width(min(columns, lanes), lanes):
@@ -454,10 +466,12 @@ def choose_kernel(nest: LoopNest, roles: Contraction, machine: Machine) -> Kerne
         for rows in range(1, min(MAX_KERNEL_ROWS, max_rows) + 1)
     ]
 
-    def rank(kernel: Kernel) -> tuple[float, float, int]:
+    def rank(kernel: Kernel) -> tuple[float, int, float, int]:
         efficiency = compute_efficiency(nest, roles, kernel, machine)
+        # Every dim the tile does not divide needs a second copy of the kernel.
+        remainders = (columns % kernel.columns != 0) + (max_rows % kernel.rows != 0)
         loads_per_fma = (kernel.rows + kernel.columns) / (kernel.rows * kernel.columns)
-        return (-efficiency, loads_per_fma, kernel.registers)
+        return (-efficiency, remainders, loads_per_fma, kernel.registers)
 
     fitting = [k for k in candidates if k.registers <= machine.vector_registers]
     return min(fitting, key=rank) if fitting else None
@@ -482,7 +496,7 @@ def _largest(extent: int, fits) -> int:
 
 def _divisions(extent: int, multiple: int) -> list[int]:
     """Balanced tile sizes of `extent` in multiples of `multiple`, largest first."""
-    sizes = {balanced(extent, limit, multiple) for limit in range(multiple, extent + multiple, multiple)}
+    sizes = {divisor_or_balanced(extent, limit, multiple) for limit in range(multiple, extent + multiple, multiple)}
     return sorted(sizes, reverse=True)
 
 
@@ -500,9 +514,9 @@ def outer_tile(nest: LoopNest, roles: Contraction, kernel: Kernel, machine: Mach
     def micro_fits(kc: int) -> bool:
         return footprint(nest, _tile(nest, {v: nr, k: kc} | with_rows(mr))) <= machine.usable_bytes(0)
 
-    kc = balanced(depth, _largest(depth, micro_fits))
+    kc = divisor_or_balanced(depth, _largest(depth, micro_fits))
 
-    row_cap = rows if rows < machine.cores * mr else balanced(rows, -(-rows // machine.cores), mr)
+    row_cap = rows if rows < machine.cores * mr else divisor_or_balanced(rows, -(-rows // machine.cores), mr)
     row_sizes = [m for m in _divisions(rows, mr) if m <= row_cap] or [mr]
     budget = machine.usable_bytes(1)
     for nc in _divisions(columns, nr):

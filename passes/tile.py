@@ -79,10 +79,11 @@ TILES_ATTR = "loom.tiles"
 COST_ATTR = "loom.cost"
 PARALLEL_ATTR = "loom.parallel"
 
-# Below this predicted time an op runs on one core: starting and joining a
-# worker thread costs about 40 microseconds on Linux (measured with
-# benchmarks/cpu_matmul.py --overhead), so shorter work would not gain.
-PARALLEL_MIN_SECONDS = 200e-6
+# Below this predicted time an op stays on one core: starting and joining a
+# worker thread costs about 25 microseconds per call on the development
+# machine (`benchmarks/cpu_matmul.py --overhead` measures it), and splitting
+# should save several times that.
+PARALLEL_MIN_SECONDS = 100e-6
 
 
 # --------------------------------------------------------------------------

@@ -132,6 +132,8 @@ class KernelEmitter(IndexBuilder):
         extent = self.nest.sizes[self.reductions[depth]]
         loop = self.loop(0, extent, 1, accumulators,
                          lambda iv, carried: self.reduce(depth + 1, ivs + [iv], carried))
+        if depth == 0:  # keep loom.op, loom.tiles... visible on the kernel
+            loop.attributes.update(self.op.attributes)
         return loop.results
 
     def step(self, ivs: list[SSAValue], accumulators: Sequence[SSAValue]) -> list[SSAValue]:

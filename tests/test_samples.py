@@ -112,12 +112,13 @@ def test_sample_runs_with_finite_outputs_of_declared_shapes(sample: str) -> None
 
 @pytest.mark.parametrize("sample", SAMPLES)
 def test_interp_target_agrees_with_the_interpreter(sample: str) -> None:
-    # The interp target runs the module after the nn-level simplification pipeline.
+    # The interp target runs the module after the nn-level simplification
+    # pipeline, whose conv-batchnorm folding rounds differently.
     artifact = compiler.compile(SAMPLES_DIR / sample, target="interp")
     inputs = random_inputs(artifact.signature, 5)
     reference = interpret(load(sample), inputs)
     for name, value in artifact.run(**inputs).items():
-        np.testing.assert_allclose(value, reference[name], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(value, reference[name], rtol=1e-5, atol=1e-5)
 
 
 def test_xor_truth_table() -> None:
