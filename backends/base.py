@@ -24,7 +24,10 @@ class CompileOptions:
     `tiles` maps an op kind (`matmul`, `conv2d`, ...) or a DSL value name to
     tile sizes that override the cost model's choice. `target_config` names a
     built-in hardware description or a path to a TOML file; None means the
-    backend's default. `threads` None means every core.
+    backend's default. `threads` None means every core. `quantize` names a
+    quantization scheme (int8, int8-per-channel, w4-group64, w4-awq, mixed)
+    applied at the nn level with `calibration` inputs (.npz) and an optional
+    per-layer `quant_config` TOML.
     """
 
     opt_level: int = 3
@@ -32,6 +35,9 @@ class CompileOptions:
     tiles: dict[str, tuple[int, ...]] = field(default_factory=dict)
     threads: int | None = None
     target_config: str | None = None
+    quantize: str | None = None
+    calibration: str | None = None
+    quant_config: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

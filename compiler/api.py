@@ -30,9 +30,26 @@ from compiler.pass_manager import PassManager, PassManagerOptions
 
 
 
+def quantize_pass(options: CompileOptions) -> str:
+    """The `quantize` pass spelled with the options' scheme and data, or ''."""
+    if not options.quantize:
+        return ""
+    args = {"scheme": options.quantize, "calibration": options.calibration,
+            "quant-config": options.quant_config}
+    spelled = " ".join(f'{k}="{v}"' for k, v in args.items() if v)
+    return f"quantize{{{spelled}}}"
+
+
 def model_pipeline(options: CompileOptions) -> str:
     """Target-independent simplification run on every model before lowering."""
-    passes = ["fold-constants", "fold-batchnorm" if options.fusion else "", "canonicalize", "cse", "dce"]
+    passes = [
+        "fold-constants",
+        "fold-batchnorm" if options.fusion else "",
+        quantize_pass(options),
+        "canonicalize",
+        "cse",
+        "dce",
+    ]
     return ",".join(p for p in passes if p)
 
 

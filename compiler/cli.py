@@ -37,6 +37,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action="append", default=[], metavar="OP=T1,T2,...",
                    help="override tile sizes for an op kind (matmul, conv2d, ...) or a DSL value name")
     p.add_argument("--threads", type=int, metavar="N", help="threads for parallel loops (default: all cores)")
+    _add_quantize_args(p)
+
+
+def _add_quantize_args(p: argparse.ArgumentParser, scheme_flag: str = "--quantize") -> None:
+    p.add_argument(scheme_flag, dest="quantize", metavar="SCHEME",
+                   help="quantize: int8, int8-per-channel, w4-group32/64/128, w4-awq or mixed")
+    p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (arrays with a leading sample dim)")
+    p.add_argument("--quant-config", metavar="Q.toml", help="per-layer precision overrides")
     p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
                    help="print the IR after the named pass (repeatable)")
@@ -136,6 +144,9 @@ def _compile(args: argparse.Namespace):
         tiles=_parse_tiles(args.tile),
         threads=args.threads,
         target_config=args.target_config,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        quant_config=args.quant_config,
     )
     return compiler.compile(
         args.file,

@@ -357,12 +357,15 @@ def traffic(nest: LoopNest, loops: Sequence[Loop], tile: Sequence[int]) -> int:
 
 def register_level(nest: LoopNest, roles: Contraction, kernel: Kernel) -> TileLevel:
     """The tile the micro-kernel holds in registers: its accumulators, one
-    reduction step at a time, reductions looping in domain order."""
+    reduction step at a time, reductions looping in domain order inside
+    whatever loops over accumulator tiles the levels above leave."""
     sizes = [1] * nest.rank
     sizes[roles.vector_dim] = kernel.columns
-    if roles.row_dim is not None:
-        sizes[roles.row_dim] = kernel.rows
-    return TileLevel(tuple(sizes), tuple(sorted(nest.reductions)))
+    rows = (roles.row_dim,) if roles.row_dim is not None else ()
+    for d in rows:
+        sizes[d] = kernel.rows
+    others = tuple(d for d in range(nest.rank) if d not in nest.reductions and d not in (roles.vector_dim, *rows))
+    return TileLevel(tuple(sizes), others + (roles.vector_dim, *rows) + tuple(sorted(nest.reductions)))
 
 
 @dataclass(frozen=True)
