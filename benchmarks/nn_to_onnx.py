@@ -127,8 +127,7 @@ def one_to_one(op_type: str) -> Emitter:
     return lambda b, op, args: b.node(op_type, args)
 
 
-for _cls, _op_type in ONE_TO_ONE.items():
-    EMITTERS[_cls] = one_to_one(_op_type)
+EMITTERS.update({cls: one_to_one(op_type) for cls, op_type in ONE_TO_ONE.items()})
 
 
 # --------------------------------------------------------------------------
@@ -269,14 +268,13 @@ def to_onnx(module_or_func: ModuleOp | func.FuncOp, opset: int = DEFAULT_OPSET) 
         if isinstance(op, func.ReturnOp):
             returned = list(op.arguments)
             break
+        element_type_of(op.results[0])  # rejects dtypes ONNX cannot hold before emitting
         if isinstance(op, nn.ConstantOp):
-            element_type_of(op.result)
             names[op.result] = b.constant(op.array(), op.param_name or "const")
             continue
         emitter = EMITTERS.get(type(op))
         if emitter is None:
             raise UnsupportedError(f"'{op.name}' has no ONNX mapping")
-        element_type_of(op.results[0])
         names[op.results[0]] = emitter(b, op, [names[v] for v in op.operands])
 
     for name, value in zip(output_names, returned):

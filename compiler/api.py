@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp
 
 from backends import registry as backend_registry
 from backends.base import Backend, CompileOptions
@@ -49,6 +49,7 @@ def model_pipeline(options: CompileOptions) -> str:
         "canonicalize",
         "cse",
         "dce",
+        "schedule-memory",
     ]
     return ",".join(p for p in passes if p)
 
@@ -65,6 +66,7 @@ class Stages:
     nn: str = ""
     lowered: str = ""
     timings: list[tuple[str, float]] = field(default_factory=list)
+    snapshots: dict[str, ModuleOp] = field(default_factory=dict)
 
 
 def load_weights(weights: str | Path | Mapping[str, Any] | None) -> dict[str, np.ndarray] | None:
@@ -149,15 +151,31 @@ def compile(
     model_pm = PassManager.from_pipeline(ctx, pipeline, pass_options)
     model_pm.run(module)
     stages.nn = str(module)
+    memory = memory_figures(module)
     target_pm = PassManager.from_pipeline(ctx, backend.pipeline(options), pass_options)
     target_pm.run(module)
     stages.lowered = str(module)
     stages.timings = model_pm.timings + target_pm.timings
+    stages.snapshots = model_pm.snapshots | target_pm.snapshots
 
     artifact = backend.build(module, signature, options)
     artifact.reference_module = reference
     artifact.stages = stages
+    memory |= memory_figures(module)
+    if memory:
+        artifact.report["memory"] = memory
     return artifact
+
+
+def memory_figures(module: ModuleOp) -> dict[str, int]:
+    """Byte counts the memory passes recorded on the model function
+    (`loom.peak_bytes_before`, `loom.arena_bytes`, ...), keyed without the prefix."""
+    func_op = find_model(module, None)
+    return {
+        name.removeprefix("loom."): attr.value.data
+        for name, attr in func_op.attributes.items()
+        if name.startswith("loom.") and "_bytes" in name and isinstance(attr, IntegerAttr)
+    }
 
 
 @dataclass

@@ -104,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of a named dynamic input dim (repeatable)")
     p.add_argument("--name", help="model name (default: the file's stem)")
 
+    p = sub.add_parser("quantize", help="quantize a model and write its nn-level IR",
+                       description="Quantize a model (post-training, calibrated on sample inputs), write the "
+                                   "quantized nn-level IR and print a per-layer report.")
+    p.add_argument("file", help="a .loom model file (or an nn-level .mlir module)")
+    p.add_argument("--model", help="which model of the file (needed when it defines several)")
+    p.add_argument("--weights", metavar="W.npz", help="values of params declared without an initializer")
+    _add_quantize_args(p, "--scheme")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: MODEL.q.mlir in the current directory)")
+    p.add_argument("--report", choices=["text", "json"], default="text", help="report format")
+
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
     return parser
@@ -281,6 +291,31 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import compiler
+    from compiler.api import load_module, model_pipeline, select_model
+    from compiler.context import make_context
+    from compiler.files import write_atomic
+    from compiler.model import find_model
+    from compiler.pass_manager import PassManager
+    from passes.quantize import format_quant_report, quant_report
+
+    module = select_model(load_module(args.file, args.weights), args.model)
+    options = compiler.CompileOptions(
+        quantize=args.quantize or "int8-per-channel", calibration=args.calibration, quant_config=args.quant_config
+    )
+    PassManager.from_pipeline(make_context(), model_pipeline(options), _pass_options(args)).run(module)
+    output = args.output or f"{find_model(module, None).sym_name.data}.q.mlir"
+    write_atomic(output, str(module) + "\n")
+    print(f"wrote {output}", file=sys.stderr)
+    report = quant_report(module)
+    if args.report == "json":
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(format_quant_report(report))
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from passes import registry
 
@@ -303,6 +338,7 @@ COMMANDS = {
     "check": cmd_check,
     "opt": cmd_opt,
     "import": cmd_import,
+    "quantize": cmd_quantize,
     "passes": cmd_passes,
     "targets": cmd_targets,
 }

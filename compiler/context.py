@@ -8,12 +8,14 @@ from xdsl.dialects.builtin import Builtin
 
 from dialects.mem import MEM
 from dialects.nn import NN
+from dialects.systolic import SYSTOLIC
+from dialects.quant import QUANT
 
 
 def make_context() -> Context:
     """A context with Loom's dialects and the upstream ones its lowerings use."""
     ctx = Context()
     for dialect in (Builtin, func.Func, arith.Arith, math.Math, scf.Scf, memref.MemRef,
-                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM):
+                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM, QUANT, SYSTOLIC):
         ctx.load_dialect(dialect)
     return ctx

@@ -32,7 +32,7 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from compiler.artifact import coerce_inputs
 from compiler.diagnostics import InternalError, LoomError
 from compiler.model import find_model, signature_of
-from dialects import nn
+from dialects import nn, quant
 
 Kernel = Callable[[nn.NNOperation, list[np.ndarray]], np.ndarray]
 
@@ -298,6 +298,40 @@ def _reduction(reduce: Callable[..., np.ndarray]) -> Kernel:
 kernel(nn.ReduceSumOp)(_reduction(np.sum))
 kernel(nn.ReduceMeanOp)(_reduction(np.mean))
 kernel(nn.ReduceMaxOp)(_reduction(np.max))
+
+
+# --------------------------------------------------------------------------
+# Quantized ops: the integer semantics defined in dialects/quant.py
+# --------------------------------------------------------------------------
+
+
+@kernel(quant.QuantizeOp)
+def _quantize(op, args):
+    return quant.quantize_values(args[0], op.params()["quant_type"])
+
+
+@kernel(quant.DequantizeOp)
+def _dequantize(op, args):
+    return quant.dequantize_values(args[0], op.params()["quant_type"])
+
+
+@kernel(quant.MatmulOp)
+def _quant_matmul(op, args):
+    p = op.params()
+    return np.matmul(args[0] - p["lhs_zero_point"], args[1] - p["rhs_zero_point"])
+
+
+@kernel(quant.Conv2dOp)
+def _quant_conv2d(op, args):
+    # Padding the zero-point-shifted input with 0 is padding the input with its zero point.
+    p = op.params()
+    x, w, *bias = args
+    return _conv2d(op, [x - p["input_zero_point"], w - p["weight_zero_point"], *bias])
+
+
+@kernel(quant.RequantizeOp)
+def _requantize(op, args):
+    return quant.requantize_values(args[0], op.params())
 
 
 # --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class PassManagerOptions:
     print_ir_after_all: bool = False
     print_ir_after: set[str] = field(default_factory=set)
     timing: bool = False
+    snapshot_after: set[str] = field(default_factory=set)  # pass names whose output is kept
     stream: TextIO | None = None  # default: sys.stderr at the time of printing
 
 
@@ -56,6 +57,7 @@ class PassManager:
         self.passes = passes
         self.options = options or PassManagerOptions()
         self.timings: list[tuple[str, float]] = []
+        self.snapshots: dict[str, ModuleOp] = {}
 
     @classmethod
     def from_pipeline(cls, ctx: Context, pipeline: str, options: PassManagerOptions | None = None) -> PassManager:
@@ -75,6 +77,8 @@ class PassManager:
                 module.verify()
             except VerifyException as e:
                 raise InternalError(f"IR failed to verify after pass '{p.name}': {e}") from e
+            if p.name in opts.snapshot_after:
+                self.snapshots[p.name] = module.clone()
             if opts.print_ir_after_all or p.name in opts.print_ir_after:
                 print(f"// -----// IR Dump After {p.name} //----- //", file=self.stream)
                 print(module, file=self.stream)

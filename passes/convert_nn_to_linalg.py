@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from xdsl.dialects.linalg.abstract_ops import LinalgStructuredOperation
-from xdsl.ir import Attribute, OpResult, SSAValue
+from xdsl.ir import Attribute, OpResult, Operation, SSAValue
 from xdsl.ir.affine import AffineExpr
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -34,6 +34,7 @@ from xdsl.utils.exceptions import PassFailedException
 from dialects import nn
 from passes.linalg_builders import (
     OP_KIND_ATTR,
+    Body,
     OP_NAME_ATTR,
     PARALLEL,
     REDUCTION,
@@ -77,7 +78,7 @@ def _scalar_literal(value: SSAValue) -> float | int | None:
     return None
 
 
-def _stamp(op: nn.NNOperation, value: SSAValue) -> None:
+def _stamp(op: Operation, value: SSAValue) -> None:
     """Mark every structured op computing `value` from `op`'s operands with
     `op`'s kind and the DSL name of its result, so passes after the lowering
     (tiling, reports) can tell which model op a loop nest implements."""
@@ -97,7 +98,7 @@ def _stamp(op: nn.NNOperation, value: SSAValue) -> None:
         pending.extend(v.op.operands)
 
 
-def _replace(rewriter: PatternRewriter, op: nn.NNOperation, value: SSAValue) -> None:
+def replace_lowered(rewriter: PatternRewriter, op: Operation, value: SSAValue) -> None:
     """Replace `op` by `value`, stamping the ops computing it (see `_stamp`),
     and drop literals it leaves unused."""
     _stamp(op, value)
@@ -167,7 +168,7 @@ class LowerElementwise(RewritePattern):
             values = iter(args)
             return fn(s, *(next(values) if literal is None else literal for literal in literals))
 
-        _replace(rewriter, op, elementwise(rewriter, inputs, shape, out.element_type, body))
+        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape, out.element_type, body))
 
 
 class LowerTril(RewritePattern):
@@ -188,7 +189,7 @@ class LowerTril(RewritePattern):
 
         (x,) = op.operands
         result = elementwise(rewriter, [(x, identity_map(rank))], shape, out.element_type, body)
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 # --------------------------------------------------------------------------
@@ -196,41 +197,49 @@ class LowerTril(RewritePattern):
 # --------------------------------------------------------------------------
 
 
+def multiply_accumulate(s: ScalarBuilder, x: SSAValue, y: SSAValue, acc: SSAValue) -> SSAValue:
+    """The body of a contraction: acc + x * y in the accumulator's type."""
+    return s.add(acc, s.mul(s.cast(x, acc.type), s.cast(y, acc.type)))
+
+
+def matmul_generic(
+    rewriter: PatternRewriter, a: SSAValue, b: SSAValue, out_shape: Sequence[int], acc_type: Attribute, body: Body
+) -> SSAValue:
+    """The matmul nest over (batch..., i, k, j), accumulating `body` into a
+    zero-filled `acc_type` tensor: the innermost loop walks a row of B and
+    of C, so it is contiguous and vectorisable."""
+    out_shape = list(out_shape)
+    batch = len(out_shape) - 2
+    rank = batch + 3
+    d = dims(rank)
+    i, k, j = d[batch], d[batch + 1], d[batch + 2]
+    batch_shape = out_shape[:batch]
+
+    def operand_map(value: SSAValue, inner: list[AffineExpr]):
+        own_batch = shape_of(value)[:-2]
+        batch_map = broadcast_map(own_batch, batch_shape)
+        return affine_map(rank, [*batch_map.results, *inner])
+
+    return generic(
+        rewriter,
+        [(a, operand_map(a, [i, k])), (b, operand_map(b, [k, j]))],
+        filled(rewriter, out_shape, acc_type, 0),
+        affine_map(rank, [*d[:batch], i, j]),
+        [PARALLEL] * batch + [PARALLEL, REDUCTION, PARALLEL],
+        body,
+    )
+
+
 class LowerMatmul(RewritePattern):
-    """matmul over the domain (batch..., i, k, j): the innermost loop walks a
-    row of B and of C, so it is contiguous and vectorisable."""
+    """matmul: the nest of `matmul_generic`, narrowed to the result type."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.MatmulOp, rewriter: PatternRewriter):
         a, b = op.operands
         out = _result_type(op)
-        out_shape = list(out.get_shape())
-        batch = len(out_shape) - 2
-        rank = batch + 3
-        d = dims(rank)
-        i, k, j = d[batch], d[batch + 1], d[batch + 2]
-        batch_shape = out_shape[:batch]
-
-        def operand_map(value: SSAValue, inner: list[AffineExpr]):
-            own_batch = shape_of(value)[:-2]
-            batch_map = broadcast_map(own_batch, batch_shape)
-            return affine_map(rank, [*batch_map.results, *inner])
-
         acc_type = sum_type(out.element_type)
-        init = filled(rewriter, out_shape, acc_type, 0)
-
-        def body(s: ScalarBuilder, x: SSAValue, y: SSAValue, acc: SSAValue) -> SSAValue:
-            return s.add(acc, s.mul(s.cast(x, acc.type), s.cast(y, acc.type)))
-
-        product = generic(
-            rewriter,
-            [(a, operand_map(a, [i, k])), (b, operand_map(b, [k, j]))],
-            init,
-            affine_map(rank, [*d[:batch], i, j]),
-            [PARALLEL] * batch + [PARALLEL, REDUCTION, PARALLEL],
-            body,
-        )
-        _replace(rewriter, op, finish(rewriter, product, out.element_type))
+        product = matmul_generic(rewriter, a, b, out.get_shape(), acc_type, multiply_accumulate)
+        replace_lowered(rewriter, op, finish(rewriter, product, out.element_type))
 
 
 # --------------------------------------------------------------------------
@@ -242,66 +251,82 @@ def _window(d_out: AffineExpr, d_kernel: AffineExpr, stride: int, dilation: int)
     return d_out * stride + d_kernel * dilation
 
 
+def conv2d_generic(
+    rewriter: PatternRewriter,
+    x: SSAValue,
+    w: SSAValue,
+    bias: SSAValue | None,
+    params: dict,
+    out_shape: Sequence[int],
+    acc_type: Attribute,
+    pad_value: float | int,
+    body: Body,
+) -> SSAValue:
+    """conv2d (params as nn.conv2d's) on `x` padded with `pad_value`, over the
+    domain (n, [g,] oc, oh, ic, kh, kw, ow): the innermost loop runs along an
+    output row. With groups, the input, weights and output are viewed with a
+    separate group dim so every map stays a projection of the domain. The
+    `acc_type` sums start at the bias, or at zero."""
+    n, o, oh, ow = out_shape
+    groups = params["groups"]
+    _, c_per_group, _, _ = shape_of(w)
+    (ph, pw), (sh, sw), (dh, dw) = params["padding"], params["stride"], params["dilation"]
+
+    padded = pad(rewriter, x, [0, 0, ph, pw], [0, 0, ph, pw], pad_value)
+    if bias is not None:
+        init = elementwise(
+            rewriter,
+            [(bias, affine_map(4, [AffineExpr.dimension(1)]))],
+            [n, o, oh, ow],
+            acc_type,
+            copy_value,
+        )
+    else:
+        init = filled(rewriter, [n, o, oh, ow], acc_type, 0)
+
+    grouped = groups > 1
+    rank = 8 if grouped else 7
+    d = dims(rank)
+    d_n, *d_g, d_oc, d_oh, d_ic, d_kh, d_kw, d_ow = d
+    rows = _window(d_oh, d_kh, sh, dh)
+    cols = _window(d_ow, d_kw, sw, dw)
+    if grouped:
+        _, _, hp, wp = shape_of(padded)
+        _, _, kh, kw = shape_of(w)
+        padded = expand(rewriter, padded, [n, groups, c_per_group, hp, wp], [[0], [1, 2], [3], [4]])
+        w = expand(rewriter, w, [groups, o // groups, c_per_group, kh, kw], [[0, 1], [2], [3], [4]])
+        init = expand(rewriter, init, [n, groups, o // groups, oh, ow], [[0], [1, 2], [3], [4]])
+
+    iterators = [PARALLEL] * (rank - 4) + [REDUCTION] * 3 + [PARALLEL]
+    result = generic(
+        rewriter,
+        [
+            (padded, affine_map(rank, [d_n, *d_g, d_ic, rows, cols])),
+            (w, affine_map(rank, [*d_g, d_oc, d_ic, d_kh, d_kw])),
+        ],
+        init,
+        affine_map(rank, [d_n, *d_g, d_oc, d_oh, d_ow]),
+        iterators,
+        body,
+    )
+    if grouped:
+        result = collapse(rewriter, result, [n, o, oh, ow], [[0], [1, 2], [3], [4]])
+    return result
+
+
 class LowerConv2d(RewritePattern):
-    """conv2d on a zero-padded input over the domain (n, [g,] oc, oh, ic, kh,
-    kw, ow): the innermost loop runs along an output row. With groups, the
-    input, weights and output are viewed with a separate group dim so every
-    map stays a projection of the domain. A bias initialises the sums."""
+    """conv2d: the nest of `conv2d_generic` on a zero-padded input, narrowed
+    to the result type."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.Conv2dOp, rewriter: PatternRewriter):
         x, w, *bias = op.operands
-        p = op.params()
         out = _result_type(op)
-        n, o, oh, ow = out.get_shape()
-        groups = p["groups"]
-        _, c_per_group, _, _ = shape_of(w)
-        acc_type = sum_type(out.element_type)
-        (ph, pw), (sh, sw), (dh, dw) = p["padding"], p["stride"], p["dilation"]
-
-        padded = pad(rewriter, x, [0, 0, ph, pw], [0, 0, ph, pw], 0)
-        if bias:
-            init = elementwise(
-                rewriter,
-                [(bias[0], affine_map(4, [AffineExpr.dimension(1)]))],
-                [n, o, oh, ow],
-                acc_type,
-                copy_value,
-            )
-        else:
-            init = filled(rewriter, [n, o, oh, ow], acc_type, 0)
-
-        grouped = groups > 1
-        rank = 8 if grouped else 7
-        d = dims(rank)
-        d_n, *d_g, d_oc, d_oh, d_ic, d_kh, d_kw, d_ow = d
-        rows = _window(d_oh, d_kh, sh, dh)
-        cols = _window(d_ow, d_kw, sw, dw)
-        if grouped:
-            _, _, hp, wp = shape_of(padded)
-            _, _, kh, kw = shape_of(w)
-            padded = expand(rewriter, padded, [n, groups, c_per_group, hp, wp], [[0], [1, 2], [3], [4]])
-            w = expand(rewriter, w, [groups, o // groups, c_per_group, kh, kw], [[0, 1], [2], [3], [4]])
-            init = expand(rewriter, init, [n, groups, o // groups, oh, ow], [[0], [1, 2], [3], [4]])
-
-        def body(s: ScalarBuilder, xv: SSAValue, wv: SSAValue, acc: SSAValue) -> SSAValue:
-            return s.add(acc, s.mul(s.cast(xv, acc.type), s.cast(wv, acc.type)))
-
-        iterators = [PARALLEL] * (rank - 4) + [REDUCTION] * 3 + [PARALLEL]
-        result = generic(
-            rewriter,
-            [
-                (padded, affine_map(rank, [d_n, *d_g, d_ic, rows, cols])),
-                (w, affine_map(rank, [*d_g, d_oc, d_ic, d_kh, d_kw])),
-            ],
-            init,
-            affine_map(rank, [d_n, *d_g, d_oc, d_oh, d_ow]),
-            iterators,
-            body,
+        result = conv2d_generic(
+            rewriter, x, w, bias[0] if bias else None, op.params(), out.get_shape(),
+            sum_type(out.element_type), 0, multiply_accumulate,
         )
-        if grouped:
-            result = collapse(rewriter, result, [n, o, oh, ow], [[0], [1, 2], [3], [4]])
-        _replace(rewriter, op, finish(rewriter, result, out.element_type))
+        replace_lowered(rewriter, op, finish(rewriter, result, out.element_type))
 
 
 class LowerPool2d(RewritePattern):
@@ -338,7 +363,7 @@ class LowerPool2d(RewritePattern):
             lambda s, xv, _, acc: combine(s, acc, xv),
         )
         divide = None if is_max else (lambda s, acc, _: s.div(acc, kh * kw))
-        _replace(rewriter, op, finish(rewriter, pooled, t, divide))
+        replace_lowered(rewriter, op, finish(rewriter, pooled, t, divide))
 
 
 # --------------------------------------------------------------------------
@@ -397,7 +422,7 @@ class LowerReduction(RewritePattern):
         p = op.params()
         reduce_fn = _REDUCTIONS[type(op)]
         result = reduce_fn(rewriter, op.operands[0], p["axes"], p["keepdims"], _result_type(op).element_type)
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 class LowerGlobalAvgPool(RewritePattern):
@@ -406,7 +431,7 @@ class LowerGlobalAvgPool(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.GlobalAvgPoolOp, rewriter: PatternRewriter):
         mean = _mean(rewriter, op.operands[0], [2, 3], True, _result_type(op).element_type)
-        _replace(rewriter, op, mean)
+        replace_lowered(rewriter, op, mean)
 
 
 # --------------------------------------------------------------------------
@@ -441,7 +466,7 @@ class LowerSoftmax(RewritePattern):
             element_type(x),
             lambda s, e, t, _: s.div(e, t),
         )
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 def _trailing_map(rank: int, count: int):
@@ -489,7 +514,7 @@ class LowerLayerNorm(RewritePattern):
             element_type(x),
             lambda s, v, m, sd, g, b, _: s.add(s.mul(s.div(s.sub(v, m), sd), g), b),
         )
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 class LowerBatchNorm(RewritePattern):
@@ -518,7 +543,7 @@ class LowerBatchNorm(RewritePattern):
             t,
             lambda s, v, m, sd, g, b, _: s.add(s.mul(s.div(s.sub(v, m), sd), g), b),
         )
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 # --------------------------------------------------------------------------
@@ -531,7 +556,7 @@ class LowerReshape(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.ReshapeOp, rewriter: PatternRewriter):
-        _replace(rewriter, op, reshape(rewriter, op.operands[0], _result_type(op).get_shape()))
+        replace_lowered(rewriter, op, reshape(rewriter, op.operands[0], _result_type(op).get_shape()))
 
 
 class LowerTranspose(RewritePattern):
@@ -547,7 +572,7 @@ class LowerTranspose(RewritePattern):
         d = dims(rank)
         source_map = affine_map(rank, [d[perm.index(axis)] for axis in range(rank)])
         result = elementwise(rewriter, [(x, source_map)], out.get_shape(), out.element_type, copy_value)
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 class LowerConcat(RewritePattern):
@@ -562,15 +587,18 @@ class LowerConcat(RewritePattern):
         for operand in op.operands:
             result = copy_into(rewriter, operand, result, offsets)
             offsets[axis] += shape_of(operand)[axis]
-        _replace(rewriter, op, result)
+        replace_lowered(rewriter, op, result)
 
 
 class ConvertNNToLinalgPass(ModulePass):
-    """Lower nn ops to linalg.generic/fill and tensor ops (nn.constant stays)."""
+    """Lower nn ops to linalg.generic/fill and tensor ops (nn.constant stays).
+    The quant ops a quantized model mixes with nn ops are lowered with them."""
 
     name = "convert-nn-to-linalg"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        from passes.convert_quant_to_linalg import QUANT_LOWERINGS  # it builds on this module
+
         PatternRewriteWalker(
             GreedyRewritePatternApplier(
                 [
@@ -587,6 +615,7 @@ class ConvertNNToLinalgPass(ModulePass):
                     LowerReshape(),
                     LowerTranspose(),
                     LowerConcat(),
+                    *QUANT_LOWERINGS,
                 ]
             ),
             apply_recursively=False,

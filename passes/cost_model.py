@@ -12,11 +12,13 @@ schedule is chosen analytically, inside out, in the manner of BLIS:
 * a register tile of `rows` x `vectors * lanes` accumulators, as many
   independent FMAs as the FMA pipes need to stay busy, without exceeding
   the vector register file;
-* a reduction block `kc` such that the micro-kernel's working set (its
-  accumulators' rows of one input and `kc` vectors of the other) stays in L1;
+* a reduction block `kc` such that the `kc` vectors of the vector input a
+  kernel call reads, which the kernels of the next rows read again, stay
+  in L1;
 * row and column blocks (`mc`, `nc`) such that the block of the output and
   the two input panels it needs stay in L2, with at least one row block per
-  core so the outer loop can run on every core.
+  core so the outer loop can run on every core; among those, the one with
+  the least predicted time and traffic.
 
 All functions here are pure; `passes.tile` turns a schedule into loops.
 """
@@ -31,9 +33,14 @@ from xdsl.ir.affine import AffineBinaryOpExpr, AffineBinaryOpKind, AffineConstan
 
 from compiler.targets import MemoryLevel, TargetDescription
 
-# The share of a cache a tile may fill; the rest absorbs conflict misses and
-# the data around the tile (the other operands' next tiles, the stack).
+# The share of L2 and beyond a tile may fill; the rest absorbs conflict
+# misses and the data around the tile (the other operands' next tiles, the
+# stack). A micro-kernel's tile may fill L1: it streams through it in order.
 UTILISATION = 0.5
+# The share of L1 for the vector-input panel the kernels of successive row
+# tiles reuse; the other half holds the broadcast input and accumulators
+# streaming past it (the BLIS rule for kc).
+PANEL_SHARE = 0.5
 # Cycles from an FMA's issue to its result being usable by the next FMA on
 # the same accumulator (4 on current x86 and Arm cores).
 FMA_LATENCY_CYCLES = 4
@@ -84,7 +91,7 @@ class Machine:
     def usable_bytes(self, level: int) -> float:
         if level == len(self.memory) - 1:
             return math.inf
-        return self.memory[level].capacity_bytes * UTILISATION
+        return self.memory[level].capacity_bytes * (UTILISATION if level else 1.0)
 
 
 # --------------------------------------------------------------------------
@@ -504,29 +511,42 @@ def _divisions(extent: int, multiple: int) -> list[int]:
 
 
 def outer_tile(nest: LoopNest, roles: Contraction, kernel: Kernel, machine: Machine) -> tuple[int, ...]:
-    """The cache-level tile around `kernel`: the reduction block `kc` keeps
-    the micro-kernel's panels in L1; the largest output block (`mc` rows by
-    `nc` columns, columns first) whose input panels and accumulators fit L2,
-    with at least one row block per core."""
+    """The cache-level tile around `kernel`. The reduction block `kc` is the
+    largest for which the panel of the vector input one kernel call reads
+    (`kc` x `nr`) fits half of L1 and the whole kernel tile fits L1: the
+    kernels down a column of row tiles all reuse that panel, while their
+    accumulators live in registers and the broadcast input streams past. Among output blocks
+    of `mc` rows by `nc` columns whose input panels and accumulators fit L2,
+    with at least one row block per core, the one with the least predicted
+    time, then the least time spent moving data, wins: the most reuse."""
     v, r, k = roles.vector_dim, roles.row_dim, roles.reduction_dim
     rows = nest.sizes[r] if r is not None else 1
     columns, depth = nest.sizes[v], nest.sizes[k]
     nr, mr = min(kernel.columns, columns), min(kernel.rows, rows)
     with_rows = (lambda m: {r: m}) if r is not None else (lambda m: {})
 
-    def micro_fits(kc: int) -> bool:
-        return footprint(nest, _tile(nest, {v: nr, k: kc} | with_rows(mr))) <= machine.usable_bytes(0)
+    def panel_fits(kc: int) -> bool:
+        micro = _tile(nest, {v: nr, k: kc} | with_rows(mr))
+        panel = nest.inputs[roles.vector_input]
+        return (panel.elements(micro) * panel.element_bytes <= machine.memory[0].capacity_bytes * PANEL_SHARE
+                and footprint(nest, micro) <= machine.usable_bytes(0))
 
-    kc = divisor_or_balanced(depth, _largest(depth, micro_fits))
-
+    kc = divisor_or_balanced(depth, _largest(depth, panel_fits))
     row_cap = rows if rows < machine.cores * mr else divisor_or_balanced(rows, -(-rows // machine.cores), mr)
     row_sizes = [m for m in _divisions(rows, mr) if m <= row_cap] or [mr]
-    budget = machine.usable_bytes(1)
+
+    def cost(tile: tuple[int, ...]) -> tuple[float, float, int]:
+        prediction = predict(nest, contraction_schedule(nest, roles, kernel, tile), machine)
+        return prediction.time_s, sum(level.seconds for level in prediction.levels), -math.prod(tile)
+
+    candidates = [_tile(nest, {v: nr, k: kc} | with_rows(mr))]
     for nc in _divisions(columns, nr):
-        fitting = [m for m in row_sizes if footprint(nest, _tile(nest, {v: nc, k: kc} | with_rows(m))) <= budget]
-        if fitting and (fitting[0] >= min(row_cap, 4 * mr) or nc == nr):
-            return _tile(nest, {v: nc, k: kc} | with_rows(fitting[0]))
-    return _tile(nest, {v: nr, k: kc} | with_rows(mr))
+        for mc in row_sizes:
+            tile = _tile(nest, {v: nc, k: kc} | with_rows(mc))
+            if footprint(nest, tile) <= machine.usable_bytes(1):
+                candidates.append(tile)
+                break  # row sizes run largest first: the largest that fits
+    return min(candidates, key=cost)
 
 
 def contraction_schedule(nest: LoopNest, roles: Contraction, kernel: Kernel,
@@ -547,7 +567,7 @@ def contraction_schedule(nest: LoopNest, roles: Contraction, kernel: Kernel,
 def choose_schedule(nest: LoopNest, machine: Machine) -> Schedule | None:
     """The schedule for a contraction nest, or None when it has no vector
     kernel (the tiler then leaves the op alone)."""
-    roles = contraction_roles(nest)
+    roles = contraction_roles(nest) if nest.points else None
     if roles is None:
         return None
     kernel = choose_kernel(nest, roles, machine)

@@ -29,6 +29,10 @@ _BUILTIN: dict[str, str] = {
     "plan-memory": "passes.plan_memory:PlanMemoryPass",
     "tile": "passes.tile:TilePass",
     "vectorize": "passes.vectorize:VectorizePass",
+    "convert-to-systolic": "passes.convert_to_systolic:ConvertToSystolicPass",
+    "tile-systolic": "passes.tile_systolic:TileSystolicPass",
+    "quantize": "passes.quantize:QuantizePass",
+    "convert-quant-to-linalg": "passes.convert_quant_to_linalg:ConvertQuantToLinalgPass",
 }
 
 # One-liners for upstream passes whose classes have no docstring.

@@ -80,7 +80,7 @@ COST_ATTR = "loom.cost"
 PARALLEL_ATTR = "loom.parallel"
 
 # Below this predicted time an op stays on one core: starting and joining a
-# worker thread costs about 25 microseconds per call on the development
+# worker thread costs about 50 microseconds per call on the development
 # machine (`benchmarks/cpu_matmul.py --overhead` measures it), and splitting
 # should save several times that.
 PARALLEL_MIN_SECONDS = 100e-6
@@ -181,7 +181,7 @@ def _label(op: Operation) -> str:
 
 
 def override_for(op: linalg.GenericOp, nest: LoopNest,
-                 overrides: dict[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]] | None:
+                 overrides: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
     """The override that applies to `op` (its DSL name first, then its kind),
     checked and clamped to the op's extents."""
     for attr in (NAME_ATTR, OP_ATTR):
@@ -195,7 +195,7 @@ def override_for(op: linalg.GenericOp, nest: LoopNest,
                 )
             if any(s <= 0 for s in sizes):
                 raise LoomError(f"tile sizes for {_label(op)} must be positive, got {', '.join(map(str, sizes))}")
-            return key.data, tuple(min(s, e) for s, e in zip(sizes, nest.sizes))
+            return tuple(min(s, e) for s, e in zip(sizes, nest.sizes))
     return None
 
 
@@ -236,6 +236,20 @@ def _movable_before(value: SSAValue, op: Operation) -> list[Operation] | None:
     return moved + [owner]
 
 
+VIEWS = (memref.CollapseShapeOp, memref.ExpandShapeOp, memref.SubviewOp, memref.ViewOp)
+
+
+def storage(value: SSAValue) -> SSAValue:
+    """The buffer `value` is a (possibly nested) view of, or `value` itself."""
+    while isinstance(view := value.owner, VIEWS):
+        value = view.operands[0]
+    return value
+
+
+def _touches(op: Operation, buffers: set[SSAValue]) -> bool:
+    return any(storage(v) in buffers for v in op.operands)
+
+
 def _ops_between(first: Operation, last: Operation) -> list[Operation]:
     ops, op = [], first.next_op
     while op is not None and op is not last:
@@ -246,16 +260,17 @@ def _ops_between(first: Operation, last: Operation) -> list[Operation]:
 
 def _untouched_between(values: Sequence[SSAValue], first: Operation, last: Operation,
                        moving: Sequence[Operation]) -> bool:
-    """No op between `first` and `last`, other than those `moving` with them, uses `values`."""
-    between = [op for op in _ops_between(first, last) if op not in moving]
-    return not any(v in op.operands for op in between for v in values)
+    """No op between `first` and `last`, other than those `moving` with them,
+    uses the storage of `values` (through any view of it)."""
+    buffers = {storage(v) for v in values}
+    return not any(_touches(op, buffers) for op in _ops_between(first, last) if op not in moving)
 
 
 def accumulator_fill(anchor: linalg.GenericOp) -> linalg.FillOp | None:
     """The fill that initialises the anchor's output right before it."""
     out = anchor.outputs[0]
     fill = anchor.prev_op
-    while fill is not None and out not in fill.operands:
+    while fill is not None and not _touches(fill, {storage(out)}):
         fill = fill.prev_op
     if isinstance(fill, linalg.FillOp) and list(fill.outputs) == [out] and _defined_before(fill.inputs[0], fill):
         return fill
@@ -271,7 +286,7 @@ def epilogue_chain(anchor: linalg.GenericOp) -> list[linalg.GenericOp]:
     if not output_map.is_projected_permutation():
         return chain
     shape = produced.type.get_shape()
-    forbidden = set(anchor.operands)
+    forbidden = {storage(v) for v in anchor.operands}
     while True:
         consumer = last.next_op
         while consumer is not None and produced not in consumer.operands:
@@ -287,7 +302,7 @@ def epilogue_chain(anchor: linalg.GenericOp) -> list[linalg.GenericOp]:
             or nest.sizes != tuple(shape)
             or not reads or any(not _identity(maps[i]) for i in reads)
             or not _identity(maps[-1])
-            or out == produced or out in forbidden
+            or storage(out) == storage(produced) or storage(out) in forbidden
             or not _untouched_between(consumer.operands, anchor, consumer, chain)
         ):
             return chain
@@ -298,7 +313,7 @@ def epilogue_chain(anchor: linalg.GenericOp) -> list[linalg.GenericOp]:
             op.detach()
             Rewriter.insert_op(op, InsertPoint.before(anchor))
         chain.append(consumer)
-        forbidden |= set(consumer.operands) - {out}
+        forbidden |= {storage(v) for v in consumer.inputs}
         produced, last = out, consumer
 
 
@@ -322,6 +337,10 @@ def _steps(nest: LoopNest, schedule: Schedule) -> list[Step]:
                 steps.append(Step(d, size))
         extents = [min(s, e) for s, e in zip(level.sizes, extents)]
     return steps
+
+
+def _identity_indices(rank: int) -> tuple[LinearIndex, ...]:
+    return tuple(LinearIndex(tuple(int(i == d) for i in range(rank)), 0) for d in range(rank))
 
 
 def _rebased(index: LinearIndex) -> AffineExpr:
@@ -403,10 +422,8 @@ class NestEmitter(IndexBuilder):
     def emit_fill(self, offsets: Sequence[Offset], extents: Sequence[int]) -> None:
         assert self.fill is not None
         out = self.fill.outputs[0]
-        rank = len(offsets)
-        identity = tuple(LinearIndex(tuple(int(i == d) for i in range(rank)), 0) for d in range(rank))
         tile = self.fill.clone()
-        tile.operands = [self.fill.inputs[0], self.subview(out, identity, offsets, extents)]
+        tile.operands = [self.fill.inputs[0], self.subview(out, _identity_indices(len(offsets)), offsets, extents)]
         self.insert(tile)
 
     # ---- loops ------------------------------------------------------------------
@@ -500,26 +517,24 @@ class TilePass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         machine = Machine.from_target(load_target(self.target_config))
         overrides = parse_tile_overrides(self.tiles)
-        used: set[str] = set()
-        for function in [f for f in op.walk() if isinstance(f, func.FuncOp)]:
-            for anchor in [o for o in function.body.ops if isinstance(o, linalg.GenericOp)]:
-                if anchor.parent is not None:
-                    used |= self.tile_op(anchor, machine, overrides)
-        unused = set(overrides) - used
-        if unused:
-            raise LoomError(f"tile sizes given for {', '.join(sorted(unused))}, but no reduction op "
-                            "has that kind or name")
+        anchors = [(o, nest) for o in op.walk() if isinstance(o, linalg.GenericOp)
+                   and isinstance(o.parent_op(), func.FuncOp)
+                   and (nest := loop_nest(o)) is not None and nest.reductions]
+        keys = {a.data for o, _ in anchors for a in (o.attributes.get(NAME_ATTR), o.attributes.get(OP_ATTR))
+                if isinstance(a, StringAttr)}
+        if unknown := sorted(set(overrides) - keys):
+            known = ", ".join(sorted(keys)) or "none"
+            raise LoomError(f"tile sizes given for {', '.join(map(repr, unknown))}, but no reduction op has "
+                            f"that kind or name (reduction ops here: {known})")
+        for anchor, nest in anchors:
+            self.tile_op(anchor, nest, machine, overrides)
 
-    def tile_op(self, anchor: linalg.GenericOp, machine: Machine,
-                overrides: dict[str, tuple[int, ...]]) -> set[str]:
-        nest = loop_nest(anchor)
-        if nest is None or not nest.reductions:
-            return set()
+    def tile_op(self, anchor: linalg.GenericOp, nest: LoopNest, machine: Machine,
+                overrides: dict[str, tuple[int, ...]]) -> None:
         override = override_for(anchor, nest, overrides)
-        schedule = self.schedule(anchor, nest, machine, override[1] if override else None)
-        used = {override[0]} if override else set()
+        schedule = self.schedule(anchor, nest, machine, override)
         if schedule is None or not _steps(nest, schedule):
-            return used
+            return
         fill = accumulator_fill(anchor)
         epilogues = epilogue_chain(anchor)
         serial = predict(nest, schedule, machine)
@@ -536,7 +551,6 @@ class TilePass(ModulePass):
         NestEmitter(anchor, nest, schedule, fill, epilogues, parallel, attributes).run()
         for done in [*reversed(epilogues), anchor, *([fill] if fill else [])]:
             Rewriter.erase_op(done)
-        return used
 
     @staticmethod
     def schedule(anchor: linalg.GenericOp, nest: LoopNest, machine: Machine,
@@ -544,7 +558,7 @@ class TilePass(ModulePass):
         vectorisable = is_f32_multiply_accumulate(anchor)
         if override is None:
             return choose_schedule(nest, machine) if vectorisable else None
-        roles = contraction_roles(nest) if vectorisable else None
+        roles = contraction_roles(nest) if vectorisable and nest.points else None
         kernel = choose_kernel(nest, roles, machine) if roles else None
         if roles is not None and kernel is not None:
             return contraction_schedule(nest, roles, kernel, override)

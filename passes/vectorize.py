@@ -19,6 +19,7 @@ left for `convert-linalg-to-loops`.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,10 +55,6 @@ class KernelShape:
     parallel_dims: tuple[int, ...]
     slices: int
 
-    @property
-    def accumulators(self) -> int:
-        return len(self.points) * self.slices
-
 
 def kernel_shape(op: linalg.GenericOp, machine: Machine) -> KernelShape | None:
     """The register kernel for `op`, or None when it does not qualify."""
@@ -75,12 +72,12 @@ def kernel_shape(op: linalg.GenericOp, machine: Machine) -> KernelShape | None:
     if not width:
         return None
     parallel_dims = tuple(d for d in range(nest.rank) if d not in nest.reductions and d != roles.vector_dim)
-    points = tuple(itertools.product(*(range(nest.sizes[d]) for d in parallel_dims)))
-    shape = KernelShape(roles, width, points, parallel_dims, columns // width)
+    slices = columns // width
     # accumulators, the vector input's slices, one broadcast
-    if shape.accumulators + shape.slices + 1 > machine.vector_registers:
+    if math.prod(nest.sizes[d] for d in parallel_dims) * slices + slices + 1 > machine.vector_registers:
         return None
-    return shape
+    points = tuple(itertools.product(*(range(nest.sizes[d]) for d in parallel_dims)))
+    return KernelShape(roles, width, points, parallel_dims, slices)
 
 
 class KernelEmitter(IndexBuilder):

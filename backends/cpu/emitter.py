@@ -1,8 +1,8 @@
 """Translate a loop-level model module straight into LLVM IR (llvmlite).
 
 The CPU pipeline leaves a module made of `memref.global` constants and one
-destination-passing `func.func` whose body uses only scf loops, memref
-accesses and arith/math scalars. That module is printed here as LLVM IR
+destination-passing `func.func` whose body uses only scf loops, memref and
+vector accesses and arith/math scalars. That module is printed here as LLVM IR
 directly rather than being lowered to xDSL's `llvm` dialect first: xDSL has
 no arith/func/cf-to-llvm conversions to build on, and emitting by hand is
 what lets us state the facts LLVM needs to vectorise — `noalias`, alignment
@@ -11,9 +11,14 @@ fast-math flags per instruction.
 
 Representation choices:
 
-* A memref is a bare pointer. Shapes and layouts are static, so strides are
-  compile-time constants and every access becomes one `getelementptr` on a
-  linear offset; `collapse_shape`/`expand_shape` reuse the pointer.
+* A memref is a bare pointer to its first element. Shapes and strides are
+  static, so every access becomes one `getelementptr` on a linear offset;
+  `collapse_shape`/`expand_shape` reuse the pointer, a `subview` (offsets
+  from loop variables, static sizes and strides) and a `view` into a byte
+  arena advance it.
+* Vectors are LLVM vectors; `vector.fma` is the `llvm.fma` intrinsic.
+* A loop marked `loom.parallel` is outlined into a task function and run
+  by `backends.cpu.runtime.parallel_for` over the model's threads.
 * f16 values live in registers as `half`; bf16 values as `float` holding a
   value exactly representable in bf16 and in memory as its upper 16 bits
   (`i16`), so no LLVM bfloat support is needed. Arithmetic on either narrow
@@ -441,8 +446,10 @@ class FunctionEmitter:
 
     def emit_parallel(self, op: scf.ForOp) -> None:
         """Outline the loop into a task over [lo, hi) and run it on the worker threads."""
-        captured = captured_values(op)
-        task = self.outline(op, captured)
+        used = captured_values(op)
+        constants = {v: self.values[v] for v in used if isinstance(self.values[v], ir.Constant)}
+        captured = [v for v in used if v not in constants]
+        task = self.outline(op, captured, constants)
         b = self.builder
         slots = [self.llvm_value(v) for v in captured]
         record_type = ir.LiteralStructType([slot.type for slot in slots])
@@ -461,11 +468,14 @@ class FunctionEmitter:
         found = self.values[value]
         return found.pointer if isinstance(found, Buffer) else found
 
-    def outline(self, op: scf.ForOp, captured: list[SSAValue]) -> ir.Function:
+    def outline(self, op: scf.ForOp, captured: list[SSAValue],
+                constants: dict[SSAValue, ir.Constant]) -> ir.Function:
         """`void task(ptr record, i64 lo, i64 hi)` unpacking the captured values
         from `record` and calling `body(lo, hi, captured...)`, whose pointer
         arguments carry what LLVM needs to know about them (noalias when no
-        other captured buffer shares their storage, alignment, size)."""
+        other captured buffer shares their storage, alignment, size).
+        Constants are not captured but used as they are, so LLVM still knows
+        trip counts and strides inside."""
         context = self.context
         name = f"{context.symbol}.parallel.{context.regions}"
         context.regions += 1
@@ -476,6 +486,7 @@ class FunctionEmitter:
         body.attributes.add("nounwind")
         roots = [v.root for v in values if isinstance(v, Buffer)]
         inner = FunctionEmitter(context, body, parallel=False)
+        inner.values.update(constants)
         lo, hi = body.args[:2]
         for value, outer, arg in zip(captured, values, body.args[2:]):
             if isinstance(outer, Buffer):

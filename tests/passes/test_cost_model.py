@@ -133,9 +133,11 @@ def test_matmul_schedules_fit_registers_and_caches(target, shape):
     assert kernel.columns % target.lanes == 0
     assert kernel.registers <= target.vector_registers
     assert inner.sizes[2] in (kernel.columns, shape[2]) and inner.sizes[0] <= kernel.rows
-    # the micro-kernel's working set in L1, the cache-level tile in L2
-    assert footprint(nest, (kernel.rows, outer.sizes[1], kernel.columns)) <= target.usable_bytes(0)
-    assert footprint(nest, outer.sizes) <= target.usable_bytes(1)
+    # the vector input's panel in half of L1, the micro-kernel's tile in L1, the cache-level tile in L2
+    micro = (kernel.rows, outer.sizes[1], kernel.columns)
+    assert nest.accesses[1].elements(micro) * 4 <= target.memory[0].capacity_bytes / 2
+    assert footprint(nest, micro) <= target.usable_bytes(0) == target.memory[0].capacity_bytes
+    assert footprint(nest, outer.sizes) <= target.usable_bytes(1) == target.memory[1].capacity_bytes / 2
     assert all(1 <= t <= e for t, e in zip(outer.sizes, shape))
 
 

@@ -36,9 +36,10 @@ def parse_loops(text: str) -> ModuleOp:
     return module
 
 
-def compile_loops(text: str, opt_level: int = 3) -> CpuArtifact:
+def compile_loops(text: str, opt_level: int = 3, threads: int | None = None) -> CpuArtifact:
     module = parse_loops(text)
-    return CpuBackend().build(module, loop_signature(module), CompileOptions(opt_level=opt_level))
+    options = CompileOptions(opt_level=opt_level, threads=threads)
+    return CpuBackend().build(module, loop_signature(module), options)
 
 
 def dense_hex(array: np.ndarray) -> str:

@@ -1,0 +1,316 @@
+"""Expand each `systolic.gemm` into the accelerator schedule that computes it.
+
+The fold order, residency and tile sizes come from `systolic_schedule`
+(`make_plan`). This pass writes them out as a `systolic.kernel` whose region
+works on the DRAM buffers of the operands:
+
+- every scratchpad buffer is a `mem.alloc` at a fixed offset of its level
+  (`systolic.offset`): resident operands first, then a ping and a pong slot
+  for each streamed operand, and two accumulator and two output panels in the
+  ofmap scratchpad, so buffers never collide however the tiles vary in size;
+- tiles move with `mem.dma_start`, issued one tile ahead per scratchpad
+  (double buffering), and `mem.dma_wait` right before first use;
+- a finished panel is post-processed by the output unit while the array goes
+  on; its write-back starts once the unit is done (checked when the array
+  next needs the slot, or at the next panel's end), and its buffers are
+  reused `panel_slots` panels later.
+
+The schedule is fully unrolled: the backend turns it into the instruction
+stream one op at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.builder import Builder
+from xdsl.context import Context
+from xdsl.dialects import memref
+from xdsl.dialects.builtin import IntegerAttr, MemRefType, ModuleOp, TensorType, f32, i32, i64
+from xdsl.ir import Attribute, Block, Region, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from compiler.diagnostics import InternalError, LoomError
+from compiler.model import models
+from dialects import mem, nn
+from dialects.systolic import (
+    OFFSET_ATTR,
+    ConfigureOp,
+    DrainOp,
+    GemmOp,
+    KernelOp,
+    PostprocessOp,
+    PreloadOp,
+    StreamOp,
+    YieldOp,
+    module_config,
+)
+from passes.systolic_schedule import (
+    Box,
+    Drain,
+    Finish,
+    NotOnArray,
+    Panel,
+    Plan,
+    Preload,
+    Stream,
+    bias_view,
+    make_plan,
+    output_box,
+    output_view,
+    step_operands,
+)
+
+
+@dataclass
+class Fetch:
+    """One copy of a box into a scratchpad, needed first by step `step`."""
+
+    step: int
+    box: Box
+    resident: bool
+    buffer: SSAValue | None = None
+    token: SSAValue | None = None
+    waited: bool = False
+    ahead: bool = False  # issued before the step that needs it
+
+
+@dataclass
+class PanelState:
+    """A panel's buffers and the tokens of its post-processing and write-back."""
+
+    acc: SSAValue | None
+    out: SSAValue | None = None
+    box: Box | None = None
+    posted: SSAValue | None = None
+    post_waited: bool = False
+    stored: SSAValue | None = None
+
+
+class KernelEmitter:
+    """Writes one gemm's schedule into a new kernel region."""
+
+    def __init__(self, gemm: GemmOp, plan: Plan):
+        self.gemm = gemm
+        self.plan = plan
+        self.layout = plan.layout
+        result_type = gemm.result.type
+        assert isinstance(result_type, TensorType)
+        self.element_type = result_type.element_type
+        self.acc_type: Attribute = f32 if self.element_type == f32 else i32
+        shapes = self.layout.shapes()
+        self.operands = ["x", "w", "bias"] if gemm.bias is not None else ["x", "w"]
+        self.block = Block(arg_types=[mem.memref_in("DRAM", list(shapes[name]), self.element_type)
+                                      for name in [*self.operands, "y"]])
+        self.dram = dict(zip([*self.operands, "y"], self.block.args))
+        self.builder = Builder(InsertPoint.at_end(self.block))
+        self.regions = {level: {r.name: r for r in placed} for level, placed in plan.regions().items()}
+        self.slot_turn = {"ifmap": 0, "filter": 0}
+        self.panels: dict[int, PanelState] = {}  # panels whose buffers are still held
+
+    # -- buffers and moves ----------------------------------------------------
+
+    def alloc(self, level: str, shape: tuple[int, ...], element_type: Attribute, region: str) -> SSAValue:
+        placed = self.regions[level][region]
+        memref_type = mem.memref_in(level, list(shape), element_type)
+        if mem.buffer_bytes(memref_type) > placed.size:
+            raise InternalError(f"a {shape} buffer overflows {level} region {region} ({placed.size} bytes)")
+        op = mem.AllocOp(memref_type, alignment=64)
+        op.attributes[OFFSET_ATTR] = IntegerAttr(placed.offset, i64)
+        return self.builder.insert(op).memref
+
+    def dram_box(self, box: Box) -> SSAValue:
+        """The DRAM buffer of `box.operand`, or a subview of it when the box is smaller."""
+        source = self.dram[box.operand]
+        source_type = source.type
+        assert isinstance(source_type, MemRefType)
+        if tuple(source_type.get_shape()) == box.size:
+            return source
+        return self.builder.insert(memref.SubviewOp.from_static_parameters(
+            source, source_type, list(box.start), list(box.size), [1] * len(box.size))).result
+
+    def issue(self, fetch: Fetch) -> None:
+        level = fetch.box.level
+        if fetch.resident:
+            region = fetch.box.operand
+        else:
+            region = f"slot{self.slot_turn[level] % 2}"
+            self.slot_turn[level] += 1
+        source = self.dram_box(fetch.box)
+        fetch.buffer = self.alloc(level, fetch.box.size, self.element_type, region)
+        fetch.token = self.builder.insert(mem.DmaStartOp(source, fetch.buffer)).token
+
+    def wait(self, fetch: Fetch) -> None:
+        if not fetch.waited:
+            self.builder.insert(mem.DmaWaitOp(fetch.token))  # type: ignore[arg-type]
+            fetch.waited = True
+
+    # -- the schedule -----------------------------------------------------------
+
+    def run(self) -> KernelOp:
+        plan = self.plan
+        config = plan.config
+        self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.element_type, self.acc_type))
+        steps = list(plan.steps())
+        resident = set(plan.resident_boxes())
+        fetches: list[Fetch] = []
+        first: dict[Box, Fetch] = {}
+        uses: list[list[Fetch]] = []
+        bias = self.layout.whole("bias")
+        if plan.has_bias:
+            first[bias] = Fetch(0, bias, True)
+            fetches.append(first[bias])
+        for index, step in enumerate(steps):
+            needed = []
+            for operand in step_operands(step):
+                box = operand.box
+                if box not in resident:
+                    fetches.append(Fetch(index, box, False))
+                    needed.append(fetches[-1])
+                else:
+                    if box not in first:
+                        first[box] = Fetch(index, box, True)
+                        fetches.append(first[box])
+                    needed.append(first[box])
+            uses.append(needed)
+
+        pending = 0  # fetches[pending:] are not issued yet
+        ahead = {"ifmap": 0, "filter": 0}
+        for index, step in enumerate(steps):
+            for fetch in uses[index]:
+                if fetch.ahead:
+                    fetch.ahead = False
+                    ahead[fetch.box.level] -= 1
+            while pending < len(fetches) and fetches[pending].step <= index:
+                self.issue(fetches[pending])
+                pending += 1
+            while pending < len(fetches):  # prefetch: at most one streamed tile ahead per scratchpad
+                fetch = fetches[pending]
+                if not fetch.resident:
+                    if ahead[fetch.box.level]:
+                        break
+                    fetch.ahead = True
+                    ahead[fetch.box.level] += 1
+                self.issue(fetch)
+                pending += 1
+            for fetch in uses[index]:
+                self.wait(fetch)
+            self.emit(step, {id(op.box): f for op, f in zip(step_operands(step), uses[index])},
+                      first.get(bias))
+            for fetch in uses[index]:
+                if not fetch.resident:
+                    self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
+        for index in list(self.panels):
+            self.write_back(index)
+        for index in list(self.panels):
+            self.release_out(index)
+        for fetch in first.values():
+            self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
+        self.builder.insert(YieldOp())
+        return self.kernel(steps)
+
+    def emit(self, step, fetched: dict[int, Fetch], bias: Fetch | None) -> None:
+        def buffer(operand) -> SSAValue:
+            return fetched[id(operand.box)].buffer  # type: ignore[return-value]
+
+        if isinstance(step, Preload):
+            self.builder.insert(PreloadOp(buffer(step.source), step.source.view))
+        elif isinstance(step, Stream):
+            top = step.top
+            self.builder.insert(StreamOp(buffer(step.left), step.left.view,
+                                         buffer(top) if top else None, top.view if top else None))
+        elif isinstance(step, Drain):
+            self.builder.insert(DrainOp(self.accumulator(step.panel), step.view, step.accumulate))
+        elif isinstance(step, Finish):
+            self.finish(step.panel, bias)
+
+    def accumulator(self, panel: Panel) -> SSAValue:
+        """The panel's accumulators, allocated at its first drain once the
+        panel that used the slot before has been post-processed."""
+        if panel.index not in self.panels:
+            if panel.index - self.plan.panel_slots in self.panels:
+                self.write_back(panel.index - self.plan.panel_slots)
+            acc = self.alloc("ofmap", (panel.rows, panel.cols), self.acc_type,
+                             f"acc{panel.index % self.plan.panel_slots}")
+            self.panels[panel.index] = PanelState(acc)
+        acc = self.panels[panel.index].acc
+        assert acc is not None
+        return acc
+
+    def finish(self, panel: Panel, bias: Fetch | None) -> None:
+        """Post-process `panel` beside the array; write back the one before
+        and free the output slot this panel reuses."""
+        if panel.index - 1 in self.panels:
+            self.write_back(panel.index - 1)
+        if panel.index - self.plan.panel_slots in self.panels:
+            self.release_out(panel.index - self.plan.panel_slots)
+        state = self.panels[panel.index]
+        state.box = output_box(self.layout, panel)
+        state.out = self.alloc("ofmap", state.box.size, self.element_type,
+                               f"out{panel.index % self.plan.panel_slots}")
+        mode = "none" if self.element_type == f32 else "wrap"
+        post = PostprocessOp(state.acc, panel.acc_view(), state.out, output_view(self.layout, panel),  # type: ignore[arg-type]
+                             mode=mode, relu=self.gemm.relu is not None, bias=bias.buffer if bias else None,
+                             bias_view=bias_view(self.layout, panel) if bias else None)
+        state.posted = self.builder.insert(post).token
+
+    def write_back(self, index: int) -> None:
+        """Wait for the panel's post-processing, free its accumulators and
+        start writing its outputs to DRAM (each at most once)."""
+        state = self.panels[index]
+        if state.posted is None:
+            return
+        if not state.post_waited:
+            self.builder.insert(mem.DmaWaitOp(state.posted))
+            state.post_waited = True
+        if state.acc is not None:
+            self.builder.insert(mem.DeallocOp(state.acc))
+            state.acc = None
+        if state.stored is None:
+            assert state.out is not None and state.box is not None
+            state.stored = self.builder.insert(mem.DmaStartOp(state.out, self.dram_box(state.box))).token
+
+    def release_out(self, index: int) -> None:
+        """Wait for the panel's write-back and free its output buffer."""
+        self.write_back(index)
+        state = self.panels.pop(index)
+        self.builder.insert(mem.DmaWaitOp(state.stored))  # type: ignore[arg-type]
+        self.builder.insert(mem.DeallocOp(state.out))  # type: ignore[arg-type]
+
+    def kernel(self, steps: list) -> KernelOp:
+        p = self.plan.problem
+        gemm = self.gemm
+        inputs = [gemm.x, gemm.w] + ([gemm.bias] if gemm.bias is not None else [])
+        folds = sum(isinstance(step, Drain) for step in steps)
+        result_type = gemm.result.type
+        assert isinstance(result_type, TensorType)
+        return KernelOp(inputs, [result_type], Region([self.block]), gemm.layer.data, gemm.fused,
+                        {"m": p.m, "k": p.k, "n": p.n, "groups": p.groups, "folds": folds,
+                         "x_resident": int(self.plan.x_resident), "w_resident": int(self.plan.w_resident)})
+
+
+@dataclass(frozen=True)
+class TileSystolicPass(ModulePass):
+    """Expand systolic.gemm ops into folds, tile moves and array ops (systolic.kernel)."""
+
+    name = "tile-systolic"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        config = module_config(op)
+        if config is None:
+            raise LoomError("tile-systolic needs a module placed on an array: run convert-to-systolic first")
+        op.attributes[mem.TARGET_ATTR] = mem.target_attr(
+            {"ifmap": config.ifmap_bytes, "filter": config.filter_bytes, "ofmap": config.ofmap_bytes,
+             "DRAM": config.dram_bytes})
+        for function in models(op):
+            for gemm in [o for o in function.body.ops if isinstance(o, GemmOp)]:
+                result_type = gemm.result.type
+                assert isinstance(result_type, TensorType)
+                element_bytes = nn.numpy_dtype(result_type.element_type).itemsize
+                try:
+                    plan = make_plan(gemm.problem(), config, element_bytes, gemm.bias is not None)
+                except NotOnArray as e:
+                    raise LoomError(f"layer '{gemm.layer.data}' does not fit the array: {e}") from None
+                kernel = KernelEmitter(gemm, plan).run()
+                Rewriter.replace_op(gemm, kernel)
