@@ -8,6 +8,7 @@ from compiler.plugins import Registry
 _BUILTIN: dict[str, str] = {
     "cpu": "backends.cpu:CpuBackend",
     "interp": "backends.interp:InterpreterBackend",
+    "systolic": "backends.systolic:SystolicBackend",
 }
 
 BACKENDS: Registry[Backend] = Registry("loom.backends", _BUILTIN)

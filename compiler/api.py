@@ -152,6 +152,11 @@ def compile(
     model_pm.run(module)
     stages.nn = str(module)
     memory = memory_figures(module)
+    if options.quantize:
+        # A quantized target is checked against the quantized model, which is
+        # what it was asked to compute; the float model only tells how much
+        # quantization costs (see the quantization report).
+        reference = module.clone()
     target_pm = PassManager.from_pipeline(ctx, backend.pipeline(options), pass_options)
     target_pm.run(module)
     stages.lowered = str(module)
@@ -164,6 +169,10 @@ def compile(
     memory |= memory_figures(module)
     if memory:
         artifact.report["memory"] = memory
+    if options.quantize:
+        from passes.quantize import quant_report
+
+        artifact.report["quantization"] = quant_report(reference)
     return artifact
 
 

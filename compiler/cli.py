@@ -37,6 +37,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action="append", default=[], metavar="OP=T1,T2,...",
                    help="override tile sizes for an op kind (matmul, conv2d, ...) or a DSL value name")
     p.add_argument("--threads", type=int, metavar="N", help="threads for parallel loops (default: all cores)")
+    p.add_argument("--array", metavar="RxC", help="systolic target: array rows x columns (overrides --target-config)")
+    p.add_argument("--dataflow", choices=["ws", "os", "is"],
+                   help="systolic target: weight, output or input stationary (overrides --target-config)")
     _add_quantize_args(p)
 
 
@@ -157,6 +160,7 @@ def _compile(args: argparse.Namespace):
         quantize=args.quantize,
         calibration=args.calibration,
         quant_config=args.quant_config,
+        extra={k: v for k, v in (("array", args.array), ("dataflow", args.dataflow)) if v},
     )
     return compiler.compile(
         args.file,

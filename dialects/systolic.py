@@ -25,10 +25,11 @@ R x C array):
 | os       | Y tile (m x n)        | X and W, T = K  | R values of m, C of n|
 
 Operands of the array ops are read through *views*: a matrix view
-(`offset + i * row_stride + j * col_stride` elements into a buffer) or an
-im2col view that forms convolution windows from a band of an NCHW feature map
-on the fly, padding included. Views are dictionaries of integers so the IR
-stays readable; `View.from_attr` / `to_attr` convert them.
+(`#systolic.matrix<...>`: element `offset + i * row_stride + j * col_stride`
+of a buffer) or an im2col view (`#systolic.im2col<...>`) that forms
+convolution windows from a band of an NCHW feature map on the fly, padding
+included. `view_from_attr` and `to_attr` convert between the attributes and
+the `MatrixView` / `Im2colView` dataclasses the passes compute with.
 
 The array's configuration (size, dataflow, scratchpad sizes, DRAM bandwidth)
 is the module attribute `systolic.config`, so a module carries what it was
@@ -39,7 +40,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from functools import cache
+from abc import ABC
+from dataclasses import asdict, astuple, dataclass, fields, replace
 from typing import ClassVar
 
 from xdsl.dialects.builtin import (
@@ -56,11 +59,12 @@ from xdsl.dialects.builtin import (
     f64,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, Operation, Region, SSAValue
+from xdsl.ir import Attribute, Data, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
     ParsePropInAttrDict,
+    irdl_attr_definition,
     irdl_op_definition,
     operand_def,
     opt_operand_def,
@@ -72,6 +76,8 @@ from xdsl.irdl import (
     var_operand_def,
     var_result_def,
 )
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
 from xdsl.traits import IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
@@ -156,12 +162,18 @@ class ArrayConfig:
         return config
 
 
+@cache
+def _config_of(attr: Attribute) -> ArrayConfig:
+    return ArrayConfig.from_attr(attr)
+
+
 def module_config(op: Operation) -> ArrayConfig | None:
-    """The `systolic.config` of the nearest enclosing module declaring one."""
+    """The `systolic.config` of the nearest enclosing module declaring one
+    (decoded once per attribute: every array op's verifier asks)."""
     current: Operation | None = op
     while current is not None:
         if isinstance(current, ModuleOp) and CONFIG_ATTR in current.attributes:
-            return ArrayConfig.from_attr(current.attributes[CONFIG_ATTR])
+            return _config_of(current.attributes[CONFIG_ATTR])
         current = current.parent_op()
     return None
 
@@ -171,16 +183,11 @@ def module_config(op: Operation) -> ArrayConfig | None:
 # --------------------------------------------------------------------------
 
 
-def _dict_attr(kind: str, values: dict[str, int]) -> DictionaryAttr:
-    return DictionaryAttr({"kind": StringAttr(kind)} | {k: IntegerAttr(v, i64) for k, v in values.items()})
-
-
 @dataclass(frozen=True)
 class MatrixView:
     """Element (i, j), 0 <= i < rows, 0 <= j < cols, is element
     `offset + i * row_stride + j * col_stride` of the buffer."""
 
-    KIND: ClassVar[str] = "matrix"
     rows: int
     cols: int
     offset: int
@@ -190,28 +197,30 @@ class MatrixView:
     def transposed(self) -> MatrixView:
         return MatrixView(self.cols, self.rows, self.offset, self.col_stride, self.row_stride)
 
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
     def last_element(self) -> int:
         return self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
 
-    def to_attr(self) -> DictionaryAttr:
-        return _dict_attr(self.KIND, asdict(self))
+    def to_attr(self) -> MatrixViewAttr:
+        return MatrixViewAttr(astuple(self))
 
 
 @dataclass(frozen=True)
 class Im2colView:
     """Convolution windows formed from a band of an NCHW feature map.
 
-    The buffer holds `channels` planes of `band_h` x `band_w` elements,
-    `channel_stride` apart. Row i is output pixel p = pixel0 + i at
-    (oh, ow) = divmod(p, out_w); column j is window element q = k0 + j at
-    (c, kh, kw) in row-major order over (channels, kernel_h, kernel_w). It
-    reads input row oh * stride_h + kh * dilation_h - row0 of the band and
-    column ow * stride_w + kw * dilation_w - col0; outside the band it reads
-    zero, which is how padding is made. `transpose` swaps rows and columns
-    (the input-stationary dataflow preloads X transposed).
+    The buffer holds planes of `band_h` x `band_w` elements, `channel_stride`
+    apart. Row i is output pixel p = pixel0 + i at (oh, ow) = divmod(p,
+    out_w); column j is window element q = k0 + j at (c, kh, kw) in
+    row-major order over (channels, kernel_h, kernel_w). It reads input row
+    oh * stride_h + kh * dilation_h - row0 of the band and column ow *
+    stride_w + kw * dilation_w - col0; outside the band it reads zero, which
+    is how padding is made. `transpose` swaps rows and columns (the
+    input-stationary dataflow preloads X transposed).
     """
 
-    KIND: ClassVar[str] = "im2col"
     rows: int
     cols: int
     offset: int
@@ -244,42 +253,69 @@ class Im2colView:
     def last_element(self) -> int:
         return self.offset + (self.channels - 1) * self.channel_stride + self.band_h * self.band_w - 1
 
-    def to_attr(self) -> DictionaryAttr:
-        return _dict_attr(self.KIND, asdict(self))
+    def to_attr(self) -> Im2colViewAttr:
+        return Im2colViewAttr(astuple(self))
 
 
 View = MatrixView | Im2colView
 
 
+class ViewAttr(Data[tuple[int, ...]], ABC):
+    """A view's integers, printed by name: `#systolic.matrix<rows = 4, cols = 8, ...>`."""
+
+    VIEW: ClassVar[type]
+
+    @classmethod
+    def parse_parameter(cls, parser: AttrParser) -> tuple[int, ...]:
+        names = [f.name for f in fields(cls.VIEW)]
+        values: dict[str, int] = {}
+
+        def entry() -> None:
+            key = parser.parse_identifier()
+            parser.parse_punctuation("=")
+            values[key] = parser.parse_integer()
+
+        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
+        if list(values) != names:
+            parser.raise_error(f"#{cls.name} takes {', '.join(names)}, in this order")
+        return tuple(values.values())
+
+    def print_parameter(self, printer: Printer) -> None:
+        names = [f.name for f in fields(self.VIEW)]
+        printer.print_string("<" + ", ".join(f"{k} = {v}" for k, v in zip(names, self.data)) + ">")
+
+    def view(self) -> View:
+        return self.VIEW(*self.data)
+
+
+@irdl_attr_definition
+class MatrixViewAttr(ViewAttr):
+    name = "systolic.matrix"
+    VIEW = MatrixView
+
+
+@irdl_attr_definition
+class Im2colViewAttr(ViewAttr):
+    name = "systolic.im2col"
+    VIEW = Im2colView
+
+
 def view_shape(view: View) -> tuple[int, int]:
-    return view.shape() if isinstance(view, Im2colView) else (view.rows, view.cols)
+    return view.shape()
 
 
 def view_from_attr(attr: Attribute) -> View:
-    if not isinstance(attr, DictionaryAttr) or not isinstance(attr.data.get("kind"), StringAttr):
-        raise VerifyException(f"a view must be a dictionary with a 'kind', got {attr}")
-    kind = attr.data["kind"].data  # type: ignore[union-attr]
-    cls = {MatrixView.KIND: MatrixView, Im2colView.KIND: Im2colView}.get(kind)
-    if cls is None:
-        raise VerifyException(f"unknown view kind '{kind}'")
-    values = {}
-    for field in fields(cls):
-        value = attr.data.get(field.name)
-        if value is None and field.default is not MISSING:  # an optional field left out
-            continue
-        if not isinstance(value, IntegerAttr):
-            raise VerifyException(f"{kind} view needs an integer '{field.name}'")
-        values[field.name] = value.value.data
-    extra = set(attr.data) - {"kind"} - {f.name for f in fields(cls)}
-    if extra:
-        raise VerifyException(f"{kind} view has unknown keys {', '.join(sorted(extra))}")
-    view = cls(**values)
-    if min(view_shape(view)) < 1 or (isinstance(view, Im2colView) and min(
+    if not isinstance(attr, ViewAttr):
+        raise VerifyException(f"expected a #systolic.matrix or #systolic.im2col view, got {attr}")
+    if len(attr.data) != len(fields(attr.VIEW)):
+        raise VerifyException(f"#{attr.name} needs {len(fields(attr.VIEW))} values, got {len(attr.data)}")
+    view = attr.view()
+    if min(view.shape()) < 1 or (isinstance(view, Im2colView) and min(
             view.out_w, view.kernel_h, view.kernel_w, view.stride_h, view.stride_w,
             view.dilation_h, view.dilation_w, view.band_h, view.band_w) < 1):
-        raise VerifyException(f"{kind} view has a non-positive extent: {view}")
+        raise VerifyException(f"#{attr.name} has a non-positive extent: {view}")
     if view.offset < 0 or (isinstance(view, MatrixView) and min(view.row_stride, view.col_stride) < 0):
-        raise VerifyException(f"{kind} view has a negative offset or stride: {view}")
+        raise VerifyException(f"#{attr.name} has a negative offset or stride: {view}")
     return view
 
 
@@ -520,7 +556,7 @@ def _check_array_fit(op: Operation, view: View, what: str, rows: int | None, col
         return
     r, c = view_shape(view)
     if (rows is not None and r > rows) or (cols is not None and c > cols):
-        raise VerifyException(f"{op.name}: a {r}x{c} {what} does not fit the {config.rows}x{config.cols} array")
+        raise VerifyException(f"{op.name}: the {r}x{c} {what} does not fit the {config.rows}x{config.cols} array")
 
 
 @irdl_op_definition
@@ -531,7 +567,7 @@ class PreloadOp(IRDLOperation):
     name = "systolic.preload"
 
     source = operand_def(MemRefType)
-    view = prop_def(DictionaryAttr)
+    view = prop_def(Attribute)
 
     assembly_format = "$source attr-dict `:` type($source)"
     irdl_options = (ParsePropInAttrDict(),)
@@ -558,8 +594,8 @@ class StreamOp(IRDLOperation):
 
     left = operand_def(MemRefType)
     top = opt_operand_def(MemRefType)
-    left_view = prop_def(DictionaryAttr)
-    top_view = opt_prop_def(DictionaryAttr)
+    left_view = prop_def(Attribute)
+    top_view = opt_prop_def(Attribute)
 
     irdl_options = (AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())
     assembly_format = "$left (`,` $top^)? attr-dict `:` type($left) (`,` type($top)^)?"
@@ -597,7 +633,7 @@ class DrainOp(IRDLOperation):
     name = "systolic.drain"
 
     target = operand_def(MemRefType)
-    view = prop_def(DictionaryAttr)
+    view = prop_def(Attribute)
     accumulate = opt_prop_def(UnitAttr)
 
     assembly_format = "$target attr-dict `:` type($target)"
@@ -632,9 +668,9 @@ class PostprocessOp(IRDLOperation):
     bias = opt_operand_def(MemRefType)
     out = operand_def(MemRefType)
     token = result_def(TokenType)
-    acc_view = prop_def(DictionaryAttr)
-    bias_view = opt_prop_def(DictionaryAttr)
-    out_view = prop_def(DictionaryAttr)
+    acc_view = prop_def(Attribute)
+    bias_view = opt_prop_def(Attribute)
+    out_view = prop_def(Attribute)
     mode = prop_def(StringAttr)
     relu = opt_prop_def(UnitAttr)
     multiplier = opt_prop_def(IntegerAttr)
@@ -680,6 +716,6 @@ class PostprocessOp(IRDLOperation):
 SYSTOLIC = Dialect(
     "systolic",
     [GemmOp, KernelOp, YieldOp, ConfigureOp, PreloadOp, StreamOp, DrainOp, PostprocessOp],
-    [],
+    [MatrixViewAttr, Im2colViewAttr],
 )
 

@@ -464,15 +464,22 @@ def divisor_or_balanced(extent: int, limit: int, multiple: int = 1) -> int:
 def choose_kernel(nest: LoopNest, roles: Contraction, machine: Machine) -> Kernel | None:
     """The register tile with the best predicted compute rate over the whole
     nest, then the fewest remainder tiles, the fewest L1 loads per FMA and
-    the fewest registers; None when the vector dim is too short for any vector."""
-    lanes = machine.lanes
+    the fewest registers; None when the vector dim is shorter than the
+    narrowest vector."""
     columns = nest.sizes[roles.vector_dim]
-    if not vector_width(min(columns, lanes), lanes):
+    # Full vectors, or narrower ones where a row is shorter than one; the
+    # columns a kernel's width does not divide run as scalar code.
+    widths = [machine.lanes] if columns >= machine.lanes else [
+        w for w in (machine.lanes >> shift for shift in range(1, machine.lanes.bit_length()))
+        if MIN_VECTOR_LANES <= w <= columns
+    ]
+    if not widths:
         return None
     max_rows = nest.sizes[roles.row_dim] if roles.row_dim is not None else 1
     candidates = [
-        Kernel(rows, vectors, lanes)
-        for vectors in range(1, min(MAX_KERNEL_VECTORS, -(-columns // lanes)) + 1)
+        Kernel(rows, vectors, width)
+        for width in widths
+        for vectors in range(1, min(MAX_KERNEL_VECTORS, -(-columns // width)) + 1)
         for rows in range(1, min(MAX_KERNEL_ROWS, max_rows) + 1)
     ]
 

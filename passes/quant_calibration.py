@@ -36,7 +36,7 @@ from dialects.quant import value_range
 RANGE_METHODS = ("minmax", "percentile", "mse")
 # Values of one tensor the range search looks at; larger sets are subsampled.
 MAX_SEARCH_VALUES = 200_000
-MSE_GRID = np.linspace(1.0, 0.2, 81)
+MSE_GRID = np.geomspace(1.0, 0.01, 100)  # shrink factors of the min/max range
 
 Sample = dict[str, np.ndarray]
 

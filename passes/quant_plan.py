@@ -61,7 +61,7 @@ class LayerPlan:
 FP32 = LayerPlan("fp32")
 
 
-def parse_scheme(name: str, group: int, what: str = "scheme") -> LayerPlan | None:
+def parse_scheme(name: str, group: int, where: str = "") -> LayerPlan | None:
     """The plan every layer gets under scheme `name`; None for `mixed`."""
     if name == "mixed":
         return None
@@ -73,7 +73,7 @@ def parse_scheme(name: str, group: int, what: str = "scheme") -> LayerPlan | Non
         return LayerPlan("w4", group=group, awq=True)
     if name.startswith("w4-group") and name[len("w4-group"):].isdigit() and int(name[len("w4-group"):]) > 0:
         return LayerPlan("w4", group=int(name[len("w4-group"):]))
-    raise LoomError(f"unknown quantization {what} '{name}' (known: {', '.join(SCHEMES)}, or w4-groupN)")
+    raise LoomError(f"unknown quantization scheme '{name}'{where} (known: {', '.join(SCHEMES)}, or w4-groupN)")
 
 
 @dataclass
@@ -169,7 +169,7 @@ def load_settings(path: str | None, base: Settings) -> Settings:
     if not isinstance(layers, dict) or not all(isinstance(v, str) for v in layers.values()):
         raise LoomError(f"quant config '{path}': [layers] must map layer names to scheme names")
     for name, scheme in layers.items():
-        plan = parse_scheme(scheme, settings.group, f"scheme for layer '{name}'")
+        plan = parse_scheme(scheme, settings.group, f" for layer '{name}' in quant config '{path}'")
         if plan is None:
             raise LoomError(f"quant config '{path}': layer '{name}' cannot be 'mixed'; give it a precision")
         settings.layers[name] = plan

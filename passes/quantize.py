@@ -202,9 +202,10 @@ def find_layers(f: func.FuncOp) -> list[Layer]:
         elif isinstance(op, nn.MatmulOp) and (found := _bias_of_matmul(op)) is not None:
             chain.append(found[0])
             bias = found[1]
-        relu = isinstance(_only_user(chain[-1].results[0]), nn.ReluOp)
+        user = _only_user(chain[-1].results[0])
+        relu = isinstance(user, nn.ReluOp)
         if relu:
-            chain.append(_only_user(chain[-1].results[0]))
+            chain.append(user)
         base = weight.param_name or f"{op.name.removeprefix('nn.')}{len(layers)}"
         name = base if base not in names else f"{base}.{len(layers)}"
         names.add(name)
@@ -395,10 +396,6 @@ class ModelQuantizer:
         records += [self.rewrite_w4(layer, plans[layer.name])
                     for layer in self.layers if plans[layer.name].precision == "w4"]
         erase_dead_ops(self.f)
-        for done in integer:
-            if done.record.layer.output in int8.made:
-                params = int8.made[done.record.layer.output][1]
-                done.record.stats |= _activation_stats("output", params, self.float_values[done.record.layer.output])
         self.record(records, plans)
 
     # ---- planning -----------------------------------------------------------
@@ -460,27 +457,25 @@ class ModelQuantizer:
                                     self.settings.weight_method, min_bound=bias_bound)
         acc_scale = np.float64(x_params.scale) * weight.quant_type.scales().astype(np.float64).reshape(-1)
         w = nn.ConstantOp(weight.values, i8, f"{layer.weight.param_name or layer.name}.q")
-        ops: list[Operation] = [w]
-        if bias is not None:
-            bias_q = np.clip(np.rint(bias / acc_scale), *INT32_RANGE)
-            bias_name = f"{layer.bias.param_name}.q" if layer.bias and layer.bias.param_name else None
-            ops.append(nn.ConstantOp(bias_q, i32, bias_name))
+        biases = [] if bias is None else [nn.ConstantOp(
+            np.clip(np.rint(bias / acc_scale), *INT32_RANGE), i32,
+            f"{layer.bias.param_name}.q" if layer.bias.param_name else None,
+        )]
+        carrier: Operation
         if layer.is_conv:
-            carrier = quant.Conv2dOp.make(
-                [xq, w, *([ops[1]] if bias is not None else [])], **layer.op.params(),
-                input_zero_point=x_params.zero_point, weight_zero_point=0,
-            )
-            ops.append(carrier)
+            carrier = quant.Conv2dOp.make([xq, w, *biases], **layer.op.params(),
+                                          input_zero_point=x_params.zero_point, weight_zero_point=0)
+            ops = [w, *biases, carrier]
         else:
             carrier = quant.MatmulOp.make([xq, w], lhs_zero_point=x_params.zero_point, rhs_zero_point=0)
-            ops.append(carrier)
-            if bias is not None:
-                ops.append(nn.AddOp.make([carrier, ops[1]]))
+            ops = [w, *biases, carrier, *(nn.AddOp.make([carrier, b]) for b in biases)]
         acc = _insert_before(layer.op, *ops).results[0]
         acc_type = per_axis_type(acc_scale.astype(np.float32), _shape(acc), layer.channel_axis, 32)
+        stats = _activation_stats("input", x_params, self.float_values[layer.x]) | _weight_stats(weight)
 
         def requantize() -> tuple[SSAValue, AffineParams]:
             out = self.activation_params(layer.output)
+            stats.update(_activation_stats("output", out, self.float_values[layer.output]))
             multiplier, shift = quant.fixed_point(acc_scale / out.scale)
             lowest = out.zero_point if layer.relu else quant.value_range(8)[0]
             op = quant.RequantizeOp.make(
@@ -495,7 +490,6 @@ class ModelQuantizer:
             result = quant.dequantize_values(values, acc_type)
             return np.maximum(result, 0) if layer.relu else result
 
-        stats = _activation_stats("input", x_params, self.float_values[layer.x]) | _weight_stats(weight)
         return IntegerLayer(Rewritten(layer, plan, carrier, acc, to_float, stats), acc, acc_type)
 
     def replace_float_output(self, done: IntegerLayer) -> None:
@@ -648,9 +642,10 @@ def quant_report(module: ModuleOp, model: str | None = None) -> dict | None:
 
 @dataclass(frozen=True)
 class QuantizePass(ModulePass):
-    """Post-training quantization of matmul/conv2d layers: int8 (integer
-    arithmetic), weight-only int4 (group-wise, optionally AWQ) or mixed,
-    calibrated on sample inputs."""
+    """Post-training quantization of matmul/conv2d layers to int8, weight-only int4 (AWQ) or a mix.
+
+    Options as in docs/quantization.md; `quant-config` names a TOML file
+    whose keys override them."""
 
     name = "quantize"
 

@@ -15,9 +15,9 @@ compared with it one to one:
 
 Scratchpads hold tiles copied from DRAM. An operand that fits its
 scratchpad whole is fetched once and stays (*resident*); otherwise every
-fold fetches the tiles it needs, double-buffered: the next fold's tile is
-in flight while the current one is used, so each streamed tile may take
-half of what the resident operands leave. Results gather in *panels* in the
+fold fetches the tiles it needs into rotating slots (at least two, so the
+next tile is in flight while the current one is used; up to four when they
+fit, to cover DRAM latency). Results gather in *panels* in the
 ofmap scratchpad: accumulators, and the post-processed outputs waiting to
 be written back (`panel_slots` of each). When the M rows of a ws fold (or
 the N columns of an is fold) do not fit one panel, the fold is split into
@@ -48,6 +48,11 @@ from dialects.systolic import (
 
 ACC_BYTES = 4  # i32 or f32 accumulators
 ALIGNMENT = 64  # bytes; scratchpad regions start on this boundary
+STREAM_SLOTS = 4  # the most tiles of one streamed operand on chip at once (3 in flight ahead)
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGNMENT) * ALIGNMENT
 
 
 class NotOnArray(Exception):
@@ -350,8 +355,9 @@ class Plan:
 
     def regions(self) -> dict[str, list[Region]]:
         """The fixed regions of each scratchpad, in address order: resident
-        operands, then two slots (ping and pong) for each streamed operand;
-        in the ofmap scratchpad two accumulator panels and two output panels."""
+        operands, then 2 to `STREAM_SLOTS` slots for a streamed operand (as
+        many as fit: the tile in use and the ones prefetched behind it); in
+        the ofmap scratchpad `panel_slots` accumulator and output panels."""
         resident = {box: box.elements * self.layout.element_bytes for box in self.resident_boxes()}
         streamed = {"ifmap": 0, "filter": 0}
         acc = out = 0
@@ -368,7 +374,9 @@ class Plan:
             sizes[box.level].append((box.operand, size))
         for level, size in streamed.items():
             if size:
-                sizes[level] += [("slot0", size), ("slot1", size)]
+                room = self.config.scratchpad_bytes(level) - sum(_aligned(s) for _, s in sizes[level])
+                slots = max(2, min(STREAM_SLOTS, room // _aligned(size)))
+                sizes[level] += [(f"slot{i}", size) for i in range(slots)]
         slots = range(self.panel_slots)
         sizes["ofmap"] = [(f"acc{i}", acc) for i in slots] + [(f"out{i}", out) for i in slots]
         out_regions: dict[str, list[Region]] = {}
@@ -376,7 +384,7 @@ class Plan:
             offset, placed = 0, []
             for name, size in named:
                 placed.append(Region(name, offset, size))
-                offset += -(-size // ALIGNMENT) * ALIGNMENT
+                offset += _aligned(size)
             out_regions[level] = placed
         return out_regions
 

@@ -5,11 +5,11 @@ The fold order, residency and tile sizes come from `systolic_schedule`
 works on the DRAM buffers of the operands:
 
 - every scratchpad buffer is a `mem.alloc` at a fixed offset of its level
-  (`systolic.offset`): resident operands first, then a ping and a pong slot
-  for each streamed operand, and two accumulator and two output panels in the
-  ofmap scratchpad, so buffers never collide however the tiles vary in size;
-- tiles move with `mem.dma_start`, issued one tile ahead per scratchpad
-  (double buffering), and `mem.dma_wait` right before first use;
+  (`systolic.offset`): resident operands first, then rotating slots for each
+  streamed operand, and accumulator and output panels in the ofmap
+  scratchpad, so buffers never collide however the tiles vary in size;
+- tiles move with `mem.dma_start`, issued as far ahead as the slots allow
+  (double buffering or more), and `mem.dma_wait` right before first use;
 - a finished panel is post-processed by the output unit while the array goes
   on; its write-back starts once the unit is done (checked when the array
   next needs the slot, or at the next panel's end), and its buffers are
@@ -22,6 +22,7 @@ stream one op at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from xdsl.builder import Builder
 from xdsl.context import Context
@@ -61,6 +62,12 @@ from passes.systolic_schedule import (
     output_view,
     step_operands,
 )
+
+
+@cache
+def _offset_attr(offset: int) -> IntegerAttr:
+    """Attributes are immutable, so buffers at one offset share one (building them is slow)."""
+    return IntegerAttr(offset, i64)
 
 
 @dataclass
@@ -107,6 +114,8 @@ class KernelEmitter:
         self.builder = Builder(InsertPoint.at_end(self.block))
         self.regions = {level: {r.name: r for r in placed} for level, placed in plan.regions().items()}
         self.slot_turn = {"ifmap": 0, "filter": 0}
+        self.slots = {level: sum(name.startswith("slot") for name in self.regions[level])
+                      for level in ("ifmap", "filter")}
         self.panels: dict[int, PanelState] = {}  # panels whose buffers are still held
 
     # -- buffers and moves ----------------------------------------------------
@@ -117,7 +126,7 @@ class KernelEmitter:
         if mem.buffer_bytes(memref_type) > placed.size:
             raise InternalError(f"a {shape} buffer overflows {level} region {region} ({placed.size} bytes)")
         op = mem.AllocOp(memref_type, alignment=64)
-        op.attributes[OFFSET_ATTR] = IntegerAttr(placed.offset, i64)
+        op.attributes[OFFSET_ATTR] = _offset_attr(placed.offset)
         return self.builder.insert(op).memref
 
     def dram_box(self, box: Box) -> SSAValue:
@@ -135,7 +144,7 @@ class KernelEmitter:
         if fetch.resident:
             region = fetch.box.operand
         else:
-            region = f"slot{self.slot_turn[level] % 2}"
+            region = f"slot{self.slot_turn[level] % self.slots[level]}"
             self.slot_turn[level] += 1
         source = self.dram_box(fetch.box)
         fetch.buffer = self.alloc(level, fetch.box.size, self.element_type, region)
@@ -185,10 +194,10 @@ class KernelEmitter:
             while pending < len(fetches) and fetches[pending].step <= index:
                 self.issue(fetches[pending])
                 pending += 1
-            while pending < len(fetches):  # prefetch: at most one streamed tile ahead per scratchpad
+            while pending < len(fetches):  # prefetch into the free slots of each scratchpad
                 fetch = fetches[pending]
                 if not fetch.resident:
-                    if ahead[fetch.box.level]:
+                    if ahead[fetch.box.level] >= self.slots[fetch.box.level] - 1:
                         break
                     fetch.ahead = True
                     ahead[fetch.box.level] += 1
@@ -241,6 +250,8 @@ class KernelEmitter:
     def finish(self, panel: Panel, bias: Fetch | None) -> None:
         """Post-process `panel` beside the array; write back the one before
         and free the output slot this panel reuses."""
+        if bias is not None:
+            self.wait(bias)
         if panel.index - 1 in self.panels:
             self.write_back(panel.index - 1)
         if panel.index - self.plan.panel_slots in self.panels:

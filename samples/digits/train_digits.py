@@ -45,6 +45,7 @@ def train(seed: int = 0) -> DigitsData:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -52,7 +53,8 @@ def train(seed: int = 0) -> DigitsData:
         x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
     )
     classifier = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=300, random_state=seed)
-    with warnings.catch_warnings():
+    # The matrices are small: BLAS threads would only contend for the cores.
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(train_x, train_y)
     weights = {}

@@ -160,8 +160,15 @@ def test_convolution_schedule_vectorises_output_rows():
     assert outer.sizes[4:6] == (3, 3)  # kh and kw stay whole
 
 
+def test_rows_shorter_than_a_vector_get_narrower_kernels():
+    schedule = choose_schedule(conv(1, 6, 16, 14, 5), AVX512)  # 10 output columns
+    assert schedule.kernel.lanes == 8 and schedule.kernel.columns == 8
+    assert schedule.levels[1].sizes[6] == 8  # 8 columns in vectors, the last 2 scalar
+
+
 def test_ops_without_a_vector_dim_get_no_schedule():
     assert choose_schedule(matmul(4, 2, 1), AVX512) is None
+    assert choose_schedule(matmul(16, 8, 3), AVX512) is None
 
 
 def test_prediction_is_the_slowest_of_compute_and_traffic():

@@ -274,7 +274,7 @@ model branches {
 def test_scheduled_models_compile_and_match_the_interpreter(source, root):
     if source.endswith(".loom"):
         source = root / source
-    artifact = compiler.compile(source, target="cpu", passes="schedule-memory")
+    artifact = compiler.compile(source, target="cpu")  # schedule-memory is in the model pipeline
     if source is BRANCHES:  # `a` waits for all of `b` in the source order
         assert "loom.peak_bytes_before = 6144 : i64, loom.peak_bytes_after = 4128 : i64" in artifact.stages.nn
     for seed in (0, 1):

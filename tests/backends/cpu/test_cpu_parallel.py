@@ -92,6 +92,25 @@ model layer {
 }"""
 
 
+CONV = """
+model block {
+  input x : f32[1, 32, 48, 48]
+  param w : f32[32, 32, 3, 3] = normal(0.0, 0.1, seed=6)
+  param b : f32[32] = normal(0.0, 0.1, seed=7)
+  y = relu(conv2d(x, w, b, padding=1))
+  output y
+}"""
+
+
+def test_convolution_rows_split_over_threads_give_identical_results():
+    artifacts = {threads: compiler.compile(CONV, target="cpu", options=CompileOptions(threads=threads))
+                 for threads in (1, 2)}
+    assert [artifacts[t].report["parallel_loops"] for t in (1, 2)] == [0, 1]
+    x = np.random.default_rng(9).standard_normal((1, 32, 48, 48), dtype=np.float32)
+    assert artifacts[1].run(x=x)["y"].tobytes() == artifacts[2].run(x=x)["y"].tobytes()
+    assert compiler.check(artifacts[2], {"x": x}).max_abs_err <= 1e-4
+
+
 @pytest.fixture(scope="module")
 def layers():
     """The same model for one thread and for two (which splits its matmul)."""

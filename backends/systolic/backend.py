@@ -1,0 +1,44 @@
+"""The `systolic` target: a systolic array with scratchpads, run on a cycle-level simulator."""
+
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ModuleOp
+
+from backends.base import Backend, CompileOptions
+from backends.systolic.artifact import SystolicArtifact
+from backends.systolic.codegen import compile_program
+from compiler.artifact import ModelSignature
+from passes.convert_to_systolic import DEFAULT_TARGET, check_dataflow, parse_array
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systolic_pipeline(options: CompileOptions) -> str:
+    """nn -> products and convolutions (with their epilogues) placed on the
+    array, the rest marked for the host -> each placed op expanded into its
+    fold schedule. `extra["array"]` (RxC) and `extra["dataflow"]` override
+    the hardware description."""
+    array = options.extra.get("array") or ""
+    dataflow = options.extra.get("dataflow") or ""
+    if array:
+        parse_array(array)
+    if dataflow:
+        check_dataflow(dataflow)
+    spelled = [f"target-config={_quoted(options.target_config or DEFAULT_TARGET)}"]
+    spelled += [f"array={_quoted(array)}"] if array else []
+    spelled += [f"dataflow={_quoted(dataflow)}"] if dataflow else []
+    return f"convert-to-systolic{{{' '.join(spelled)}}},dce,tile-systolic"
+
+
+class SystolicBackend(Backend):
+    name = "systolic"
+    description = "systolic array (ws/os/is) with scratchpads, on a cycle-level simulator; --array RxC, --dataflow"
+    emit_kinds = ("asm", "bin", "dram")
+
+    def pipeline(self, options: CompileOptions) -> str:
+        return systolic_pipeline(options)
+
+    def build(self, module: ModuleOp, signature: ModelSignature, options: CompileOptions) -> SystolicArtifact:
+        return SystolicArtifact(compile_program(module, signature), signature)
