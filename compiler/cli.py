@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compile a model and write IR, LLVM IR, an object file or a shared library.")
     _add_model_args(p)
     p.add_argument("-o", "--output", metavar="OUT", help="output file (default: MODEL.EXT in the current directory)")
+    p.add_argument("--explain", action="store_true",
+                   help="print per-op fusion groups, tile sizes, schedule order, predicted time and "
+                        "traffic, and memory figures (writes no file unless -o or --emit is given)")
     p.add_argument("--emit", default=None,
                    help="what to write: nn (nn-level IR), ir (lowered IR), or a target kind "
                         "such as llvm, asm, obj, shared (default: the target's first kind)")
@@ -129,6 +132,7 @@ def _pass_options(args: argparse.Namespace):
         print_ir_after_all=args.print_ir_after_all,
         print_ir_after=set(args.print_ir_after),
         timing=args.timing,
+        snapshot_after=getattr(args, "snapshot_after", set()),
     )
 
 
@@ -174,7 +178,17 @@ def _compile(args: argparse.Namespace):
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    if args.explain:
+        from compiler.explain import EXPLAIN_AFTER
+
+        args.snapshot_after = {"schedule-memory", EXPLAIN_AFTER}
     artifact = _compile(args)
+    if args.explain:
+        from compiler.explain import explain
+
+        print(explain(artifact))
+        if not (args.output or args.emit):
+            return 0
     from backends.registry import get_backend
 
     kinds = get_backend(args.target).emit_kinds

@@ -155,3 +155,17 @@ def test_real_process_exit_status(root, tmp_path) -> None:
     assert proc.stderr.startswith(f"{bad}:")
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_explain_reports_fusion_tiles_schedule_and_memory(capsys, root, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "compile", str(root / "samples/mlp.loom"), "--explain")
+    assert code == 0 and list(tmp_path.iterdir()) == []  # explaining writes nothing
+    assert "matmul -> add -> relu(h)" in out  # the schedule
+    kernel = next(line for line in out.splitlines() if "matmul + add + relu" in line)  # an epilogue fused
+    assert " h " in kernel and " us " in kernel  # with its tiles' predicted time
+    assert "arena:" in out and "peak intermediate memory" in out
+    code, out, _ = run_cli(capsys, "compile", str(root / "samples/mlp.loom"), "--explain",
+                           "--tile", "matmul=1,16,32")
+    kernel = next(line for line in out.splitlines() if "matmul + add + relu" in line)
+    assert "-,16,32" in kernel  # a tile covering its whole dim shows as "-"
