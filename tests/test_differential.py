@@ -42,3 +42,29 @@ def test_extra_pipeline_keeps_semantics() -> None:
     artifact = compiler.compile(source, target="cpu", passes="cse,canonicalize,dce")
     result = compiler.check(artifact, random_inputs(artifact.signature, 3))
     assert result.max_abs_err <= 1e-4
+
+
+CONFIGURATIONS = {
+    "no-fusion": {"fusion": False},
+    "one-thread": {"threads": 1},
+    "no-fusion-one-thread": {"fusion": False, "threads": 1},
+    "small-tiles": {"tiles": {"matmul": (1, 8, 16), "conv2d": (1, 4, 2, 1, 1, 1, 8)}},
+}
+
+
+def _options(sample: str, config: str) -> compiler.CompileOptions:
+    """The configuration, with tile overrides only for op kinds the sample has
+    (an override naming no op is an error)."""
+    fields = dict(CONFIGURATIONS[config])
+    if "tiles" in fields:
+        kinds = {op.name.removeprefix("nn.") for op in compiled(sample, "interp").reference_module.walk()}
+        fields["tiles"] = {k: v for k, v in fields["tiles"].items() if k in kinds}
+    return compiler.CompileOptions(**fields)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGURATIONS))
+@pytest.mark.parametrize("sample", [p.name for p in SAMPLES])
+def test_pipeline_configurations_match_interpreter(sample: str, config: str) -> None:
+    artifact = compiler.compile(SAMPLES[0].parent / sample, target="cpu", options=_options(sample, config))
+    result = compiler.check(artifact, random_inputs(artifact.signature, 2))
+    assert result.max_abs_err <= 1e-4, (sample, config, result.max_abs_err)
