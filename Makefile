@@ -22,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_matmul.py
 	$(BIN)/python benchmarks/cpu_models.py
+	$(BIN)/python benchmarks/systolic_vs_scalesim.py
+	$(BIN)/python benchmarks/systolic_utilization.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

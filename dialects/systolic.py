@@ -92,7 +92,8 @@ OFFSET_ATTR = "systolic.offset"  # on mem.alloc: the buffer's byte offset in its
 # What the hardware's address generators can express; the instruction
 # encoding (backends/systolic/isa.py) is sized from these.
 MAX_VIEW_EXTENT = (1 << 16) - 1  # rows or columns of one view
-IM2COL_LIMITS = {"kernel": 15, "stride": 15, "dilation": 15, "padding": 255, "width": 4095, "height": 4095}
+IM2COL_LIMITS = {"kernel": 15, "stride": 15, "dilation": 15, "padding": 255, "width": 4095, "height": 4095,
+                 "pixels": (1 << 20) - 1, "window": (1 << 20) - 1}
 
 
 # --------------------------------------------------------------------------
@@ -658,9 +659,10 @@ class PostprocessOp(IRDLOperation):
     """The output unit: `out = relu(convert(acc + bias))` element by element.
 
     `convert` is `none` (f32 to f32), `wrap` (keep the low bits of the i32
-    accumulator, as integer nn ops wrap) or `requant` (round(v * multiplier /
-    2^shift) + zero_point, saturated). `relu` clamps at the zero point. Runs
-    beside the array; its token completes when `out` is written."""
+    accumulator, as integer nn ops wrap) or `requant` (v * multiplier / 2^shift
+    rounded half away from zero, plus zero_point, saturated: quant.requantize
+    with one multiplier). `relu` clamps at the zero point. Runs beside the
+    array; its token completes when `out` is written."""
 
     name = "systolic.postprocess"
 

@@ -57,6 +57,7 @@ from dialects.systolic import (
 from passes.systolic_schedule import NotOnArray, make_plan
 
 DEFAULT_TARGET = "systolic-16x16"
+MAX_SCRATCHPAD_BYTES = 1 << 24  # scratchpad addresses are 24 bits wide
 ARRAY_DTYPES = ("i8", "f32")  # i8 multipliers; f32 is a simulation mode
 
 
@@ -96,8 +97,9 @@ def array_config(target: TargetDescription, array: str = "", dataflow: str = "")
     sizes = {}
     for level in ("ifmap", "filter", "ofmap"):
         size = sram.get(f"{level}_bytes", third)
-        if not isinstance(size, int) or size <= 0:
-            raise LoomError(f"target description '{target.name}': params.sram.{level}_bytes must be a positive integer")
+        if not isinstance(size, int) or not 0 < size <= MAX_SCRATCHPAD_BYTES:
+            raise LoomError(f"target description '{target.name}': params.sram.{level}_bytes must be a positive "
+                            f"integer of at most {MAX_SCRATCHPAD_BYTES} (16 MiB)")
         sizes[level] = size
     dram = target.offchip
     return ArrayConfig(rows, cols, flow, sizes["ifmap"], sizes["filter"], sizes["ofmap"], dram.capacity_bytes,
@@ -146,7 +148,8 @@ def match_epilogue(anchor: nn.NNOperation, bias: SSAValue | None, channels_axis:
     user = _only_user(epilogue.result)
     if bias is None and isinstance(user, nn.AddOp):
         other = user.operands[1] if user.operands[0] is epilogue.result else user.operands[0]
-        if _shape(user.result) == _shape(epilogue.result) and _is_bias(other, epilogue.result, channels_axis):
+        if other is not epilogue.result and _shape(user.result) == _shape(epilogue.result) \
+                and _is_bias(other, epilogue.result, channels_axis):
             epilogue.ops.append(user)
             epilogue.result, epilogue.bias = user.result, other
             user = _only_user(epilogue.result)
@@ -157,8 +160,12 @@ def match_epilogue(anchor: nn.NNOperation, bias: SSAValue | None, channels_axis:
 
 
 def _layer_name(epilogue: Epilogue, kind: str, taken: set[str]) -> str:
-    """The DSL name of the fused result when it has one, else the op kind; made unique."""
-    base = next((op.results[0].name_hint for op in reversed(epilogue.ops) if op.results[0].name_hint), kind)
+    """The DSL name of the fused result when it has one, else the name of
+    the weights, else the op kind; made unique."""
+    weights = epilogue.ops[0].operands[1].owner
+    named = isinstance(weights, nn.ConstantOp) and weights.param_name
+    fallback = weights.param_name.split(".")[0] if named else kind  # conv2_w.bn_folded -> conv2_w
+    base = next((op.results[0].name_hint for op in reversed(epilogue.ops) if op.results[0].name_hint), fallback)
     name, count = base, 1
     while name in taken:
         name, count = f"{base}_{count}", count + 1
@@ -174,10 +181,16 @@ def _layer_name(epilogue: Epilogue, kind: str, taken: set[str]) -> str:
 class PlaceOnArray(RewritePattern):
     """Base of the two rewrites: checks the dtype and the fit, builds the gemm."""
 
-    def __init__(self, config: ArrayConfig, reasons: dict[Operation, str], names: set[str]):
+    def __init__(self, config: ArrayConfig, reasons: dict[Operation, str], names: set[str], fuse: bool):
         self.config = config
         self.reasons = reasons
         self.names = names
+        self.fuse = fuse
+
+    def epilogue(self, anchor: nn.NNOperation, bias: SSAValue | None, channels_axis: int) -> Epilogue:
+        if not self.fuse:
+            return Epilogue([anchor], anchor.result, bias, False)
+        return match_epilogue(anchor, bias, channels_axis)
 
     def dtype_reason(self, op: nn.NNOperation) -> str | None:
         dtype = nn.dtype_name(op.result.type.element_type)  # type: ignore[attr-defined]
@@ -232,7 +245,7 @@ class PlaceMatmul(PlaceOnArray):
         if reason is not None:
             self.reasons[op] = reason
             return
-        epilogue = match_epilogue(op, None, len(_shape(op.result)) - 1)
+        epilogue = self.epilogue(op, None, len(_shape(op.result)) - 1)
         self.place(op, x, epilogue, None, rewriter, lambda: ([], w))
 
 
@@ -251,7 +264,7 @@ class PlaceConv2d(PlaceOnArray):
         kh, kw = _shape(op.operands[1])[2:]
         conv = ConvGeometry((kh, kw), tuple(p["stride"]), tuple(p["padding"]), tuple(p["dilation"]), p["groups"])
         bias = op.operands[2] if len(op.operands) == 3 else None
-        epilogue = match_epilogue(op, bias, 1)
+        epilogue = self.epilogue(op, bias, 1)
         w = op.operands[1]
 
         def weight_matrix() -> tuple[list[Operation], SSAValue]:
@@ -294,6 +307,9 @@ class ConvertToSystolicPass(ModulePass):
     dataflow: str = ""
     """ws, os or is, overriding the description's dataflow."""
 
+    fuse_epilogues: bool = True
+    """Absorb bias adds and relus into the output unit (off: they run on the host)."""
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         existing = module_config(op)
         config = array_config(load_target(self.target_config), self.array, self.dataflow)
@@ -304,8 +320,8 @@ class ConvertToSystolicPass(ModulePass):
         for function in models(op):
             names: set[str] = set()
             PatternRewriteWalker(
-                GreedyRewritePatternApplier([PlaceMatmul(config, reasons, names),
-                                             PlaceConv2d(config, reasons, names)]),
+                GreedyRewritePatternApplier([PlaceMatmul(config, reasons, names, self.fuse_epilogues),
+                                             PlaceConv2d(config, reasons, names, self.fuse_epilogues)]),
                 apply_recursively=False,
             ).rewrite_region(function.body)
             for inner in function.body.ops:

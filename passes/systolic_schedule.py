@@ -322,7 +322,7 @@ class Plan:
 
     `panel` is the most pixels (ws) or columns (is) one panel holds;
     `chunk` the most rows (ws: output pixels, is: columns of W, os: steps of
-    K) one streamed tile holds.
+    K) one streamed tile holds; `panel_slots` how many panels are in flight.
     """
 
     layout: Layout
@@ -332,14 +332,12 @@ class Plan:
     w_resident: bool
     panel: int
     chunk: int
+    panel_slots: int = 1
 
     @property
     def problem(self) -> GemmProblem:
         return self.layout.problem
 
-    @property
-    def panel_slots(self) -> int:
-        return panel_slots(self.config.dataflow)
 
     def resident_boxes(self) -> list[Box]:
         boxes = [self.layout.whole("bias")] if self.has_bias else []
@@ -490,12 +488,16 @@ class Plan:
 # --------------------------------------------------------------------------
 
 
-def panel_slots(dataflow: str) -> int:
+def panel_slots(config: ArrayConfig, element_bytes: int) -> int:
     """Panels in flight at once. A ws or is panel spans whole folds, long
     enough to post-process and write back the previous one, so one slot
-    suffices; an os panel is one fold, so three keep the output unit and
-    the write-back off the array's critical path."""
-    return 3 if dataflow == "os" else 1
+    suffices; an os panel is one fold, so up to three (as many as fit) keep
+    the output unit and the write-back off the array's critical path."""
+    if config.dataflow != "os":
+        return 1
+    outputs = config.rows * config.cols
+    slot = _aligned(outputs * ACC_BYTES) + _aligned(outputs * element_bytes)
+    return max(1, min(3, config.ofmap_bytes // slot))
 
 
 def _largest(limit: int, fits) -> int:
@@ -514,9 +516,10 @@ def _check_conv_limits(problem: GemmProblem) -> None:
     if conv is None:
         return
     _, _, height, width = problem.input_shape
+    _, _, out_h, out_w = problem.output_shape
     values = {"kernel": max(conv.kernel), "stride": max(conv.stride), "dilation": max(conv.dilation),
-              "padding": max(conv.padding), "width": max(width, problem.output_shape[3]),
-              "height": height + conv.padding[0]}
+              "padding": max(conv.padding), "width": max(width, out_w), "height": height + conv.padding[0],
+              "pixels": out_h * out_w, "window": problem.k}
     for what, value in values.items():
         if value > IM2COL_LIMITS[what]:
             raise NotOnArray(f"the im2col unit handles {what} up to {IM2COL_LIMITS[what]}, this layer needs {value}")
@@ -535,9 +538,10 @@ def make_plan(problem: GemmProblem, config: ArrayConfig, element_bytes: int, has
     w_resident = bias_bytes + layout.bytes_of("w") <= config.filter_bytes
     per_output = ACC_BYTES + element_bytes  # an accumulator and its post-processed value
     row = {"ws": min(config.cols, problem.n), "is": min(config.cols, problem.m), "os": 1}[config.dataflow]
-    panel = max(1, config.ofmap_bytes // (panel_slots(config.dataflow) * row * per_output))
+    slots = panel_slots(config, element_bytes)
+    panel = max(1, min(MAX_VIEW_EXTENT, config.ofmap_bytes // (slots * row * per_output)))
     chunk = max(problem.m, problem.n, problem.k)
-    plan = Plan(layout, config, has_bias, x_resident, w_resident, panel, chunk)
+    plan = Plan(layout, config, has_bias, x_resident, w_resident, panel, chunk, slots)
     while True:
         over = plan.overflow()
         if over is None:

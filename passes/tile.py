@@ -405,7 +405,7 @@ class NestEmitter(IndexBuilder):
         """`linalg.index` inside the tile counts from the tile's start; add the start back."""
         for index_op in [o for o in tile.body.walk() if isinstance(o, linalg.IndexOp)]:
             offset = offsets[index_op.dim.value.data]
-            if offset == 0:
+            if isinstance(offset, int) and offset == 0:
                 continue
             shift: list[Operation] = []
             if isinstance(offset, int):
@@ -459,7 +459,7 @@ class NestEmitter(IndexBuilder):
         parallel = self.parallel and self.depth == 0 and d not in self.nest.reductions and full + bool(rest) > 1
         if parallel:
             self.tile_loop(offsets[d], full + bool(rest), size, parallel=True,
-                      body=lambda iv: self.full_or_rest(iv, offsets[d], full, size, rest, variant))
+                           body=lambda iv: self.full_or_rest(iv, offsets[d], full, size, rest, variant))
             return
         if full > 1:
             self.tile_loop(offsets[d], full, size, body=lambda iv: variant(iv, size))

@@ -50,11 +50,11 @@ from dialects.systolic import (
 from passes.systolic_schedule import (
     Box,
     Drain,
-    Finish,
     NotOnArray,
     Panel,
     Plan,
     Preload,
+    Step,
     Stream,
     bias_view,
     make_plan,
@@ -157,46 +157,46 @@ class KernelEmitter:
 
     # -- the schedule -----------------------------------------------------------
 
-    def run(self) -> KernelOp:
-        plan = self.plan
-        config = plan.config
-        self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.element_type, self.acc_type))
-        steps = list(plan.steps())
-        resident = set(plan.resident_boxes())
+    def fetches(self, steps: list[Step]) -> tuple[list[Fetch], list[list[Fetch]], dict[Box, Fetch]]:
+        """Every copy into a scratchpad in the order the steps need them, the
+        copies each step reads (in `step_operands` order), and the resident
+        ones (fetched once; the bias first, for the output unit)."""
+        resident_boxes = set(self.plan.resident_boxes())
         fetches: list[Fetch] = []
-        first: dict[Box, Fetch] = {}
+        resident: dict[Box, Fetch] = {}
+        if self.plan.has_bias:
+            bias = self.layout.whole("bias")
+            resident[bias] = Fetch(0, bias, True)
+            fetches.append(resident[bias])
         uses: list[list[Fetch]] = []
-        bias = self.layout.whole("bias")
-        if plan.has_bias:
-            first[bias] = Fetch(0, bias, True)
-            fetches.append(first[bias])
         for index, step in enumerate(steps):
             needed = []
             for operand in step_operands(step):
-                box = operand.box
-                if box not in resident:
-                    fetches.append(Fetch(index, box, False))
-                    needed.append(fetches[-1])
-                else:
-                    if box not in first:
-                        first[box] = Fetch(index, box, True)
-                        fetches.append(first[box])
-                    needed.append(first[box])
+                if operand.box not in resident_boxes:
+                    fetches.append(Fetch(index, operand.box, False))
+                elif operand.box not in resident:
+                    resident[operand.box] = Fetch(index, operand.box, True)
+                    fetches.append(resident[operand.box])
+                needed.append(resident.get(operand.box) or fetches[-1])
             uses.append(needed)
+        return fetches, uses, resident
 
+    def run(self) -> KernelOp:
+        config = self.plan.config
+        self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.element_type, self.acc_type))
+        steps = list(self.plan.steps())
+        fetches, uses, resident = self.fetches(steps)
+        bias = resident.get(self.layout.whole("bias"))
         pending = 0  # fetches[pending:] are not issued yet
-        ahead = {"ifmap": 0, "filter": 0}
+        ahead = {"ifmap": 0, "filter": 0}  # streamed tiles issued before the step that needs them
         for index, step in enumerate(steps):
             for fetch in uses[index]:
                 if fetch.ahead:
                     fetch.ahead = False
                     ahead[fetch.box.level] -= 1
-            while pending < len(fetches) and fetches[pending].step <= index:
-                self.issue(fetches[pending])
-                pending += 1
-            while pending < len(fetches):  # prefetch into the free slots of each scratchpad
+            while pending < len(fetches):
                 fetch = fetches[pending]
-                if not fetch.resident:
+                if fetch.step > index and not fetch.resident:  # a prefetch: only into a free slot
                     if ahead[fetch.box.level] >= self.slots[fetch.box.level] - 1:
                         break
                     fetch.ahead = True
@@ -205,8 +205,7 @@ class KernelEmitter:
                 pending += 1
             for fetch in uses[index]:
                 self.wait(fetch)
-            self.emit(step, {id(op.box): f for op, f in zip(step_operands(step), uses[index])},
-                      first.get(bias))
+            self.emit(step, [fetch.buffer for fetch in uses[index]], bias)  # type: ignore[misc]
             for fetch in uses[index]:
                 if not fetch.resident:
                     self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
@@ -214,24 +213,22 @@ class KernelEmitter:
             self.write_back(index)
         for index in list(self.panels):
             self.release_out(index)
-        for fetch in first.values():
+        for fetch in resident.values():
             self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
         self.builder.insert(YieldOp())
         return self.kernel(steps)
 
-    def emit(self, step, fetched: dict[int, Fetch], bias: Fetch | None) -> None:
-        def buffer(operand) -> SSAValue:
-            return fetched[id(operand.box)].buffer  # type: ignore[return-value]
-
+    def emit(self, step: Step, buffers: list[SSAValue], bias: Fetch | None) -> None:
+        """The array op of `step`, reading `buffers` (one per operand of the step)."""
         if isinstance(step, Preload):
-            self.builder.insert(PreloadOp(buffer(step.source), step.source.view))
+            self.builder.insert(PreloadOp(buffers[0], step.source.view))
         elif isinstance(step, Stream):
             top = step.top
-            self.builder.insert(StreamOp(buffer(step.left), step.left.view,
-                                         buffer(top) if top else None, top.view if top else None))
+            self.builder.insert(StreamOp(buffers[0], step.left.view, buffers[1] if top else None,
+                                         top.view if top else None))
         elif isinstance(step, Drain):
             self.builder.insert(DrainOp(self.accumulator(step.panel), step.view, step.accumulate))
-        elif isinstance(step, Finish):
+        else:
             self.finish(step.panel, bias)
 
     def accumulator(self, panel: Panel) -> SSAValue:
@@ -289,7 +286,7 @@ class KernelEmitter:
         self.builder.insert(mem.DmaWaitOp(state.stored))  # type: ignore[arg-type]
         self.builder.insert(mem.DeallocOp(state.out))  # type: ignore[arg-type]
 
-    def kernel(self, steps: list) -> KernelOp:
+    def kernel(self, steps: list[Step]) -> KernelOp:
         p = self.plan.problem
         gemm = self.gemm
         inputs = [gemm.x, gemm.w] + ([gemm.bias] if gemm.bias is not None else [])

@@ -62,7 +62,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from backends.cpu.abi import ALIGNMENT, entry_symbol, parameter_names
-from backends.cpu.runtime import TASK_TYPE, AddressOf, parallel_for
+from backends.cpu.runtime import TASK_TYPE, AddressOf, opaque, parallel_for
 from compiler.artifact import ModelSignature
 from compiler.diagnostics import InternalError
 from compiler.model import models
@@ -84,17 +84,6 @@ F16 = ir.HalfType()
 F32 = ir.FloatType()
 F64 = ir.DoubleType()
 PTR = ir.PointerType()
-
-
-def opaque(pointer: ir.Value) -> ir.Value:
-    """`pointer` typed as a plain `ptr`.
-
-    llvmlite still tracks pointee types in Python for allocas and globals and
-    rejects stores of another type through them; the printed IR uses opaque
-    pointers either way, so retyping changes nothing but that check.
-    """
-    pointer.type = PTR
-    return pointer
 
 
 def unsupported(what: str) -> InternalError:

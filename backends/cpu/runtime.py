@@ -71,14 +71,19 @@ def _internal(module: ir.Module, name: str, result: ir.Type, args: list[ir.Type]
     return function
 
 
-def _opaque(pointer: ir.Value) -> ir.Value:
-    """`pointer` as a plain `ptr`, which llvmlite lets any type be stored through."""
+def opaque(pointer: ir.Value) -> ir.Value:
+    """`pointer` typed as a plain `ptr`.
+
+    llvmlite still tracks pointee types in Python for allocas and globals and
+    rejects stores of another type through them; the printed IR uses opaque
+    pointers either way, so retyping changes nothing but that check.
+    """
     pointer.type = PTR
     return pointer
 
 
 def _field(builder: ir.IRBuilder, record: ir.Value, index: int) -> ir.Value:
-    return _opaque(builder.gep(record, [I32(0), I32(index)], inbounds=True, source_etype=TASK_RECORD))
+    return opaque(builder.gep(record, [I32(0), I32(index)], inbounds=True, source_etype=TASK_RECORD))
 
 
 def _worker(module: ir.Module) -> ir.Function:
@@ -106,7 +111,7 @@ def parallel_for(module: ir.Module, workers: int) -> ir.Function:
     pointer, context, start, step, trips = function.args
     task = Callee(pointer, TASK_TYPE)
     builder = ir.IRBuilder(function.append_basic_block("entry"))
-    records, handles, started = (_opaque(builder.alloca(t, size=workers)) for t in (TASK_RECORD, I64, I1))
+    records, handles, started = (opaque(builder.alloca(t, size=workers)) for t in (TASK_RECORD, I64, I1))
 
     def bound(w: int) -> ir.Value:
         """Where chunk `w` starts, as an induction variable value."""
@@ -116,22 +121,22 @@ def parallel_for(module: ir.Module, workers: int) -> ir.Function:
     chunks = [(bound(w), bound(w + 1)) for w in range(workers)]
     for w in range(1, workers):
         lo, hi = chunks[w]
-        flag = _opaque(builder.gep(started, [I64(w)], source_etype=I1))
+        flag = opaque(builder.gep(started, [I64(w)], source_etype=I1))
         builder.store(I1(0), flag)
         with builder.if_then(builder.icmp_signed("<", lo, hi)):
-            record = _opaque(builder.gep(records, [I64(w)], source_etype=TASK_RECORD))
+            record = opaque(builder.gep(records, [I64(w)], source_etype=TASK_RECORD))
             for index, value in enumerate((pointer, context, lo, hi)):
                 builder.store(value, _field(builder, record, index))
-            handle = _opaque(builder.gep(handles, [I64(w)], source_etype=I64))
+            handle = opaque(builder.gep(handles, [I64(w)], source_etype=I64))
             status = builder.call(create, [handle, ir.Constant(PTR, None), AddressOf(worker), record])
             builder.store(builder.icmp_signed("==", status, I32(0)), flag)
     builder.call(task, [context, *chunks[0]])
     for w in range(1, workers):
         lo, hi = chunks[w]
-        ran = builder.load(_opaque(builder.gep(started, [I64(w)], source_etype=I1)), typ=I1)
+        ran = builder.load(opaque(builder.gep(started, [I64(w)], source_etype=I1)), typ=I1)
         with builder.if_else(ran) as (joined, inline):
             with joined:
-                handle = builder.load(_opaque(builder.gep(handles, [I64(w)], source_etype=I64)), typ=I64)
+                handle = builder.load(opaque(builder.gep(handles, [I64(w)], source_etype=I64)), typ=I64)
                 builder.call(join, [handle, ir.Constant(PTR, None)])
             with inline:
                 with builder.if_then(builder.icmp_signed("<", lo, hi)):

@@ -3,8 +3,9 @@
 `run` loads the DRAM image (constants) and the inputs into a fresh DRAM,
 executes the program, and lets the host run the nn ops the array cannot
 (reference-interpreter kernels on DRAM contents) when the program reaches
-their `host` instruction. The report holds the simulator's counts for the
-whole program and per layer, and the host/accelerator split.
+their `host` instruction. The report holds the host/accelerator split and
+the layers from the start, and once run the simulator's counts for the
+whole program and per layer.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SystolicArtifact(Artifact):
             program_bytes=isa.HEADER.size + len(compiled.program) * isa.INSTRUCTION_BYTES,
             dram_footprint_bytes=compiled.dram_bytes,
             host_ops=[{"op": call.kind, "reason": call.reason} for call in compiled.host_calls],
+            layers=[{"name": layer.name, "fused": layer.fused, **layer.problem} for layer in compiled.layers],
         )
         self.last_result: Result | None = None
 
@@ -86,7 +88,7 @@ class SystolicArtifact(Artifact):
             sim_wall_time_s=result.wall_time_s,
             sim_macs_per_s=total.macs / result.wall_time_s if result.wall_time_s else 0.0,
             layers=[{"name": layer.name, "fused": layer.fused, **layer.problem, **_counts(counters, pes)}
-                    for layer, counters in zip(self.compiled.layers, result.layers)],
+                    for layer, counters in zip(self.compiled.layers, result.layers)],  # counts once run
         )
 
     def emit(self, kind: str, path: str) -> list[str]:

@@ -19,7 +19,7 @@ def systolic_pipeline(options: CompileOptions) -> str:
     """nn -> products and convolutions (with their epilogues) placed on the
     array, the rest marked for the host -> each placed op expanded into its
     fold schedule. `extra["array"]` (RxC) and `extra["dataflow"]` override
-    the hardware description."""
+    the hardware description; without fusion, epilogues stay on the host."""
     array = options.extra.get("array") or ""
     dataflow = options.extra.get("dataflow") or ""
     if array:
@@ -29,6 +29,7 @@ def systolic_pipeline(options: CompileOptions) -> str:
     spelled = [f"target-config={_quoted(options.target_config or DEFAULT_TARGET)}"]
     spelled += [f"array={_quoted(array)}"] if array else []
     spelled += [f"dataflow={_quoted(dataflow)}"] if dataflow else []
+    spelled += [] if options.fusion else ["fuse-epilogues=false"]
     return f"convert-to-systolic{{{' '.join(spelled)}}},dce,tile-systolic"
 
 

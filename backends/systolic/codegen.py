@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from xdsl.dialects import func, memref
 from xdsl.dialects.builtin import MemRefType, ModuleOp, TensorType
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, SSAValue
 
 from backends.systolic import isa
 from compiler.artifact import ModelSignature
@@ -28,6 +28,7 @@ from dialects import mem, nn
 from dialects import systolic as sy
 
 ALIGNMENT = 64
+MAX_DMA_ROWS = (1 << 16) - 1
 DTYPE_NAMES = {"i8": np.dtype(np.int8), "i32": np.dtype(np.int32), "f32": np.dtype(np.float32)}
 
 
@@ -140,7 +141,10 @@ def dma_rows(shape: tuple[int, ...], src: tuple[int, ...],
     for index in np.ndindex(*[n for n, _, _ in outer]):
         src_offset = sum(i * s for i, (_, s, _) in zip(index, outer))
         dst_offset = sum(i * d for i, (_, _, d) in zip(index, outer))
-        transfers.append((src_offset, dst_offset, rows[0], inner_n, rows[1], rows[2]))
+        for first in range(0, rows[0], MAX_DMA_ROWS):  # the rows field is 16 bits wide
+            count = min(MAX_DMA_ROWS, rows[0] - first)
+            transfers.append((src_offset + first * rows[1], dst_offset + first * rows[2], count, inner_n,
+                              rows[1], rows[2]))
     return transfers
 
 

@@ -90,7 +90,7 @@ def _model_source(shapes: list[Shape]) -> str:
     return "\n".join(lines + body + [f"  output {', '.join(s.name for s in shapes)}", "}"]) + "\n"
 
 
-def _target_toml(rows: int, cols: int, dataflow: str) -> str:
+def target_toml(rows: int, cols: int, dataflow: str) -> str:
     size = SRAM_KIB * 1024
     return f"""name = "scalesim-{rows}x{cols}-{dataflow}"
 clock_mhz = 1000
@@ -135,7 +135,7 @@ def run_loom(shapes: list[Shape], rows: int, cols: int, dataflow: str, seed: int
         weights[f"w{i}"] = rng.integers(-128, 128, shape).astype(np.int8)
     with tempfile.TemporaryDirectory(prefix="loom-compare-") as tmp:
         description = Path(tmp) / "array.toml"
-        description.write_text(_target_toml(rows, cols, dataflow))
+        description.write_text(target_toml(rows, cols, dataflow))
         options = CompileOptions(target_config=str(description))
         artifact = compiler.compile(_model_source(shapes), target="systolic", weights=weights, options=options)
     result = compiler.check(artifact, random_inputs(artifact.signature, seed))
@@ -143,9 +143,9 @@ def run_loom(shapes: list[Shape], rows: int, cols: int, dataflow: str, seed: int
     return layers, result.max_abs_err
 
 
-def compare(shapes: list[Shape], rows: int, cols: int, dataflow: str) -> list[Comparison]:
+def compare(shapes: list[Shape], rows: int, cols: int, dataflow: str, cached: bool = True) -> list[Comparison]:
     loom, error = run_loom(shapes, rows, cols, dataflow)
-    reference = scalesim.run([s.scalesim_layer() for s in shapes], rows, cols, dataflow, SRAM_KIB)
+    reference = scalesim.run([s.scalesim_layer() for s in shapes], rows, cols, dataflow, SRAM_KIB, cached)
     out = []
     for shape, ss in zip(shapes, reference):
         layer = loom[shape.name]

@@ -77,10 +77,11 @@ def python() -> Path:
     VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(ROOT / ".venv-scalesim.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one creator when tests run in parallel
-        if not stamp.exists():
+        wanted = " ".join(REQUIREMENTS) + "\n"
+        if not stamp.exists() or stamp.read_text() != wanted:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
             subprocess.run([str(executable), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True)
-            stamp.write_text(" ".join(REQUIREMENTS) + "\n")
+            stamp.write_text(wanted)
     return executable
 
 
@@ -125,13 +126,15 @@ UseRamulatorTrace: False
 """
 
 
-def run(layers: list[ConvLayer], rows: int, cols: int, dataflow: str, sram_kib: int = 1024) -> list[ScaleSimResult]:
-    """SCALE-Sim's compute report for `layers` on a rows x cols array (one run, cached)."""
+def run(layers: list[ConvLayer], rows: int, cols: int, dataflow: str, sram_kib: int = 1024,
+        cached: bool = True) -> list[ScaleSimResult]:
+    """SCALE-Sim's compute report for `layers` on a rows x cols array (one run; the
+    result is cached unless `cached` is false, which runs SCALE-Sim again)."""
     key = hashlib.sha256(json.dumps([rows, cols, dataflow, sram_kib, [asdict(layer) for layer in layers],
                                      REQUIREMENTS]).encode()).hexdigest()[:24]
     cache = VENV / "cache" / f"{key}.json"
     interpreter = python()
-    if cache.exists():
+    if cached and cache.exists():
         return [ScaleSimResult(**entry) for entry in json.loads(cache.read_text())]
     with tempfile.TemporaryDirectory(prefix="loom-scalesim-") as tmp:
         work = Path(tmp)

@@ -374,10 +374,11 @@ class Simulator:
         dtype = NUMPY_DTYPES[isa.DTYPES[ins["out_dtype"]]]
         mode = isa.POST_MODES[ins["mode"]]
         floor = 0
-        if mode == "requant":
+        if mode == "requant":  # quant.requantize, per tensor: ties round away from zero
             shift = ins["shift"]
-            rounding = (1 << (shift - 1)) if shift else 0
-            value = ((value * ins["multiplier"] + rounding) >> shift) + ins["zero_point"]
+            product = value * ins["multiplier"]
+            rounding = ((1 << (shift - 1)) - (product < 0)) if shift else 0
+            value = ((product + rounding) >> shift) + ins["zero_point"]
             info = np.iinfo(dtype)
             value = np.clip(value, info.min, info.max)
             floor = ins["zero_point"]

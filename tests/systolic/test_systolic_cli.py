@@ -25,7 +25,7 @@ def test_run_reports_json_with_array_and_dataflow(capsys, root) -> None:
     assert report["array"] == "8x8" and report["dataflow"] == "os"
     assert report["max_abs_err"] <= 1e-5 and report["tolerance"] == 1e-4
     assert report["cycles"] >= report["compute_cycles"] > 0 and 0 < report["utilization"] <= 1
-    assert [layer["name"] for layer in report["layers"]] == ["h", "conv2d"]
+    assert [layer["name"] for layer in report["layers"]] == ["h", "conv2_w"]
     assert [h["op"] for h in report["host_ops"]] == ["add", "relu"]
 
 
