@@ -14,6 +14,7 @@ from compiler.plugins import Registry
 # name -> "module:Class" for Loom's own passes and the upstream xDSL passes
 # Loom pipelines use.
 _BUILTIN: dict[str, str] = {
+    "expand-math": "passes.expand_math:ExpandMathPass",
     "canonicalize": "xdsl.transforms.canonicalize:CanonicalizePass",
     "cse": "xdsl.transforms.common_subexpression_elimination:CommonSubexpressionElimination",
     "dce": "xdsl.transforms.dead_code_elimination:DeadCodeElimination",

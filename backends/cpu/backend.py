@@ -51,6 +51,7 @@ def cpu_pipeline(options: CompileOptions) -> str:
         f"tile{{{' '.join(tile_options)}}}",
         f"vectorize{{target-config={_quoted(target)}}}",
         "convert-linalg-to-loops",
+        "expand-math",
         "lower-affine",
         "canonicalize",
         "cse",
