@@ -46,7 +46,7 @@ import numpy as np
 import onnxruntime as ort
 
 import compiler
-from backends.cpu.abi import ELEMENT_ABI, aligned_empty, from_storage, to_storage
+from backends.cpu.abi import OutputBlock, from_storage, to_storage
 from backends.cpu.toolchain import host_target
 from compiler.artifact import Artifact, random_inputs
 from compiler.interpreter import run_model
@@ -85,11 +85,10 @@ class NativeCall:
 
     def __init__(self, artifact: Artifact, inputs: Outputs):
         signature = artifact.signature
-        self.buffers = [to_storage(spec, inputs[spec.name]) for spec in signature.inputs]
-        results = [aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage)
-                   for spec in signature.outputs]
-        self.buffers += results
-        self.pointers = [b.ctypes.data for b in self.buffers]
+        staged = [to_storage(spec, inputs[spec.name]) for spec in signature.inputs]
+        results, result_addresses = OutputBlock(signature.outputs).allocate()
+        self.buffers = [buffer for buffer, _ in staged] + results
+        self.pointers = [a for _, a in staged] + result_addresses
         self.entry = artifact._entry  # the artifact has no public handle on its native function
         self.outputs = {spec.name: from_storage(spec, out)
                         for spec, out in zip(signature.outputs, results)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from backends.cpu.abi import ELEMENT_ABI, aligned_empty, from_storage, to_storage
+from backends.cpu.abi import OutputBlock, from_storage, to_storage
 from backends.cpu.emitter import emit_model
 from backends.cpu.header import c_header
 from backends.cpu.toolchain import JitEngine, host_target, link_shared, optimise, target_machine
@@ -39,6 +39,7 @@ class CpuArtifact(Artifact):
         arity = len(signature.inputs) + len(signature.outputs)
         prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arity)
         self._entry = prototype(self._jit.address_of(emitted.entry))
+        self._outputs = OutputBlock(signature.outputs)
         host = host_target()
         self.report.update(
             compile_time_s=time.perf_counter() - start,
@@ -52,10 +53,9 @@ class CpuArtifact(Artifact):
         )
 
     def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        buffers = [to_storage(spec, inputs[spec.name]) for spec in self.signature.inputs]
-        outputs = [aligned_empty(spec.shape, ELEMENT_ABI[spec.dtype].storage)
-                   for spec in self.signature.outputs]
-        self._entry(*[b.ctypes.data for b in buffers + outputs])
+        staged = [to_storage(spec, inputs[spec.name]) for spec in self.signature.inputs]
+        outputs, output_addresses = self._outputs.allocate()
+        self._entry(*[a for _, a in staged], *output_addresses)
         return {spec.name: from_storage(spec, out) for spec, out in zip(self.signature.outputs, outputs)}
 
     def emit(self, kind: str, path: str) -> list[str]:

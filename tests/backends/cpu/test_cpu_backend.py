@@ -36,8 +36,8 @@ def pipeline_specs(options: CompileOptions) -> dict[str, dict[str, tuple]]:
 
 def test_pipeline_lowers_to_loops_through_tiling():
     names = list(pipeline_specs(CompileOptions(fusion=False)))
-    assert names[:6] == ["convert-nn-to-linalg", "bufferize", "tile", "vectorize",
-                         "convert-linalg-to-loops", "lower-affine"]
+    assert names[:7] == ["convert-nn-to-linalg", "bufferize", "tile", "vectorize",
+                         "convert-linalg-to-loops", "expand-math", "lower-affine"]
     assert "fuse-elementwise" not in names
 
 
