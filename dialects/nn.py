@@ -231,40 +231,45 @@ def _from_attr(kind: str, attr: Attribute) -> Any:
     raise AssertionError(kind)
 
 
-class NNOperation(IRDLOperation, ABC):
-    """Base of every computing nn op.
+class InferredOperation(IRDLOperation, ABC):
+    """Ops whose result type is inferred from operand types and parameters.
 
     Subclasses declare `PARAMS` (name -> "int" | "ints" | "float" | "bool")
     with matching properties, and `infer`, which returns the result type and
-    the canonical parameters.
+    the canonical parameters; `infer` is also the verifier. Dialects with
+    other parameter kinds override `param_to_attr` / `param_from_attr`.
     """
 
     PARAMS: ClassVar[dict[str, str]] = {}
-    result = result_def(TensorType)
-
-    assembly_format = "$inputs attr-dict `:` functional-type($inputs, $result)"
-    irdl_options = (ParsePropInAttrDict(),)
 
     @classmethod
     def infer(cls, types: Sequence[TensorType], **params: Any) -> tuple[TensorType, dict[str, Any]]:
         raise NotImplementedError
 
     @classmethod
-    def make(cls, operands: Sequence[SSAValue | Operation], **params: Any) -> NNOperation:
+    def param_to_attr(cls, kind: str, value: Any) -> Attribute:
+        return _to_attr(kind, value)
+
+    @classmethod
+    def param_from_attr(cls, kind: str, attr: Attribute) -> Any:
+        return _from_attr(kind, attr)
+
+    @classmethod
+    def make(cls, operands: Sequence[SSAValue | Operation], **params: Any) -> InferredOperation:
         """Create the op with its result type inferred; raises ShapeError."""
         values = [SSAValue.get(o) for o in operands]
         result_type, canonical = cls.infer([v.type for v in values], **params)  # type: ignore[misc]
         return cls.create(
             operands=values,
             result_types=[result_type],
-            properties={k: _to_attr(cls.PARAMS[k], v) for k, v in canonical.items() if v is not None},
+            properties={k: cls.param_to_attr(cls.PARAMS[k], v) for k, v in canonical.items() if v is not None},
         )
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, kind in self.PARAMS.items():
             attr = self.properties.get(name)
-            out[name] = None if attr is None else _from_attr(kind, attr)
+            out[name] = None if attr is None else self.param_from_attr(kind, attr)
         return out
 
     def verify_(self) -> None:
@@ -275,10 +280,20 @@ class NNOperation(IRDLOperation, ABC):
             expected, _ = self.infer(types, **self.params())  # type: ignore[arg-type]
         except ShapeError as e:
             raise VerifyException(f"{self.name}: {e}") from e
-        if expected != self.result.type:
+        result = self.results[0]
+        if expected != result.type:
             raise VerifyException(
-                f"{self.name}: result type {self.result.type} does not match the inferred {expected}"
+                f"{self.name}: result type {result.type} does not match the inferred {expected}"
             )
+
+
+class NNOperation(InferredOperation, ABC):
+    """Base of every computing nn op."""
+
+    result = result_def(TensorType)
+
+    assembly_format = "$inputs attr-dict `:` functional-type($inputs, $result)"
+    irdl_options = (ParsePropInAttrDict(),)
 
 
 # --------------------------------------------------------------------------

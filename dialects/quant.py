@@ -46,9 +46,8 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, Operation, ParametrizedAttribute, SSAValue
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute
 from xdsl.irdl import (
-    IRDLOperation,
     ParsePropInAttrDict,
     irdl_attr_definition,
     irdl_op_definition,
@@ -227,20 +226,11 @@ class UniformQuantAttr(ParametrizedAttribute):
 # --------------------------------------------------------------------------
 
 
-def _to_attr(kind: str, value: Any) -> Attribute:
-    return value if kind == "quant" else nn._to_attr(kind, value)
-
-
-def _from_attr(kind: str, attr: Attribute) -> Any:
-    return attr if kind == "quant" else nn._from_attr(kind, attr)
-
-
-class QuantOperation(IRDLOperation, ABC):
+class QuantOperation(nn.InferredOperation, ABC):
     """Base of the quant ops, with the nn ops' protocol: `PARAMS` names the
     properties (kinds as in nn, plus "quant" for a `#quant.uniform`), `infer`
     gives the result type and canonical params and is the verifier too."""
 
-    PARAMS: ClassVar[dict[str, str]] = {}
     inputs = var_operand_def(TensorType)
     result = result_def(TensorType)
     traits = traits_def(Pure())
@@ -249,35 +239,12 @@ class QuantOperation(IRDLOperation, ABC):
     irdl_options = (ParsePropInAttrDict(),)
 
     @classmethod
-    def infer(cls, types: Sequence[TensorType], **params: Any) -> tuple[TensorType, dict[str, Any]]:
-        raise NotImplementedError
+    def param_to_attr(cls, kind: str, value: Any) -> Attribute:
+        return value if kind == "quant" else nn._to_attr(kind, value)
 
     @classmethod
-    def make(cls, operands: Sequence[SSAValue | Operation], **params: Any) -> QuantOperation:
-        """Create the op with its result type inferred; raises ShapeError."""
-        values = [SSAValue.get(o) for o in operands]
-        result_type, canonical = cls.infer([v.type for v in values], **params)  # type: ignore[misc]
-        return cls.create(
-            operands=values,
-            result_types=[result_type],
-            properties={k: _to_attr(cls.PARAMS[k], v) for k, v in canonical.items()},
-        )
-
-    def params(self) -> dict[str, Any]:
-        return {name: _from_attr(kind, self.properties[name]) for name, kind in self.PARAMS.items()}
-
-    def verify_(self) -> None:
-        types = [o.type for o in self.operands]
-        if not all(isinstance(t, TensorType) for t in types):
-            raise VerifyException(f"{self.name} operands must be tensors")
-        try:
-            expected, _ = self.infer(types, **self.params())  # type: ignore[arg-type]
-        except ShapeError as e:
-            raise VerifyException(f"{self.name}: {e}") from e
-        if expected != self.result.type:
-            raise VerifyException(
-                f"{self.name}: result type {self.result.type} does not match the inferred {expected}"
-            )
+    def param_from_attr(cls, kind: str, attr: Attribute) -> Any:
+        return attr if kind == "quant" else nn._from_attr(kind, attr)
 
 
 def _require(op: str, t: TensorType, element_type: Attribute) -> None:
