@@ -514,6 +514,9 @@ class TilePass(ModulePass):
     threads: int = 1
     """Cores the backend will run parallel loops on; 1 marks none."""
 
+    fuse_epilogues: bool = True
+    """Move elementwise consumers into the tile loops (off with `--no-fusion`)."""
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         machine = Machine.from_target(load_target(self.target_config))
         overrides = parse_tile_overrides(self.tiles)
@@ -536,7 +539,7 @@ class TilePass(ModulePass):
         if schedule is None or not _steps(nest, schedule):
             return
         fill = accumulator_fill(anchor)
-        epilogues = epilogue_chain(anchor)
+        epilogues = epilogue_chain(anchor) if self.fuse_epilogues else []
         serial = predict(nest, schedule, machine)
         parallel = self.threads > 1 and serial.time_s >= PARALLEL_MIN_SECONDS
         prediction = predict(nest, schedule, machine, self.threads) if parallel else serial

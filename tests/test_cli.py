@@ -169,3 +169,10 @@ def test_explain_reports_fusion_tiles_schedule_and_memory(capsys, root, tmp_path
                            "--tile", "matmul=1,16,32")
     kernel = next(line for line in out.splitlines() if "matmul + add + relu" in line)
     assert "-,16,32" in kernel  # a tile covering its whole dim shows as "-"
+
+
+def test_no_fusion_keeps_every_op_in_its_own_loop_nest(capsys, root) -> None:
+    code, out, _ = run_cli(capsys, "compile", str(root / "samples/mlp.loom"), "--explain", "--no-fusion")
+    assert code == 0
+    kernels = out.split("kernels")[1].split("memory:")[0]
+    assert "matmul + add" not in kernels and " relu " in kernels and " add " in kernels

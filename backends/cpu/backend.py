@@ -42,6 +42,8 @@ def cpu_pipeline(options: CompileOptions) -> str:
     scalar arith/math, which `backends.cpu.emitter` turns into LLVM IR."""
     target = options.target_config or DEFAULT_TARGET_CONFIG
     tile_options = [f"target-config={_quoted(target)}", f"threads={thread_count(options)}"]
+    if not options.fusion:
+        tile_options.append("fuse-epilogues=false")
     if options.tiles:
         tile_options.append(f"tiles={_quoted(format_tile_overrides(options.tiles))}")
     passes = [
