@@ -65,9 +65,11 @@ from passes.linalg_builders import (
 )
 
 
-def _result_type(op: nn.NNOperation) -> TensorType:
-    assert isinstance(op.result.type, TensorType)
-    return op.result.type
+def result_type(op: nn.InferredOperation) -> TensorType:
+    """The tensor type of an nn or quant op's single result."""
+    t = op.results[0].type
+    assert isinstance(t, TensorType)
+    return t
 
 
 def _scalar_literal(value: SSAValue) -> float | int | None:
@@ -152,7 +154,7 @@ class LowerElementwise(RewritePattern):
     def match_and_rewrite(
         self, op: nn.ElementwiseBinaryOp | nn.ElementwiseUnaryOp, rewriter: PatternRewriter
     ):
-        out = _result_type(op)
+        out = result_type(op)
         shape = list(out.get_shape())
         fn: Callable[..., SSAValue] = _BINARY.get(type(op)) or _UNARY[type(op)]
         literals = [_scalar_literal(v) for v in op.operands]
@@ -176,7 +178,7 @@ class LowerTril(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.TrilOp, rewriter: PatternRewriter):
-        out = _result_type(op)
+        out = result_type(op)
         shape = list(out.get_shape())
         rank = len(shape)
         params = op.params()
@@ -236,7 +238,7 @@ class LowerMatmul(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.MatmulOp, rewriter: PatternRewriter):
         a, b = op.operands
-        out = _result_type(op)
+        out = result_type(op)
         acc_type = sum_type(out.element_type)
         product = matmul_generic(rewriter, a, b, out.get_shape(), acc_type, multiply_accumulate)
         replace_lowered(rewriter, op, finish(rewriter, product, out.element_type))
@@ -321,7 +323,7 @@ class LowerConv2d(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.Conv2dOp, rewriter: PatternRewriter):
         x, w, *bias = op.operands
-        out = _result_type(op)
+        out = result_type(op)
         result = conv2d_generic(
             rewriter, x, w, bias[0] if bias else None, op.params(), out.get_shape(),
             sum_type(out.element_type), 0, multiply_accumulate,
@@ -338,7 +340,7 @@ class LowerPool2d(RewritePattern):
     def match_and_rewrite(self, op: nn.Pool2dOp, rewriter: PatternRewriter):
         (x,) = op.operands
         p = op.params()
-        out = _result_type(op)
+        out = result_type(op)
         t = out.element_type
         (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
         is_max = isinstance(op, nn.MaxPool2dOp)
@@ -421,7 +423,7 @@ class LowerReduction(RewritePattern):
     def match_and_rewrite(self, op: nn.ReductionOp, rewriter: PatternRewriter):
         p = op.params()
         reduce_fn = _REDUCTIONS[type(op)]
-        result = reduce_fn(rewriter, op.operands[0], p["axes"], p["keepdims"], _result_type(op).element_type)
+        result = reduce_fn(rewriter, op.operands[0], p["axes"], p["keepdims"], result_type(op).element_type)
         replace_lowered(rewriter, op, result)
 
 
@@ -430,7 +432,7 @@ class LowerGlobalAvgPool(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.GlobalAvgPoolOp, rewriter: PatternRewriter):
-        mean = _mean(rewriter, op.operands[0], [2, 3], True, _result_type(op).element_type)
+        mean = _mean(rewriter, op.operands[0], [2, 3], True, result_type(op).element_type)
         replace_lowered(rewriter, op, mean)
 
 
@@ -556,7 +558,7 @@ class LowerReshape(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.ReshapeOp, rewriter: PatternRewriter):
-        replace_lowered(rewriter, op, reshape(rewriter, op.operands[0], _result_type(op).get_shape()))
+        replace_lowered(rewriter, op, reshape(rewriter, op.operands[0], result_type(op).get_shape()))
 
 
 class LowerTranspose(RewritePattern):
@@ -567,7 +569,7 @@ class LowerTranspose(RewritePattern):
     def match_and_rewrite(self, op: nn.TransposeOp, rewriter: PatternRewriter):
         (x,) = op.operands
         perm = op.params()["perm"]
-        out = _result_type(op)
+        out = result_type(op)
         rank = len(perm)
         d = dims(rank)
         source_map = affine_map(rank, [d[perm.index(axis)] for axis in range(rank)])
@@ -581,7 +583,7 @@ class LowerConcat(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: nn.ConcatOp, rewriter: PatternRewriter):
         axis = op.params()["axis"]
-        out = _result_type(op)
+        out = result_type(op)
         result = empty(rewriter, out.get_shape(), out.element_type)
         offsets = [0] * len(out.get_shape())
         for operand in op.operands:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import arith, math
-from xdsl.dialects.builtin import ModuleOp, TensorType, f32, i8, i32, i64
+from xdsl.dialects.builtin import ModuleOp, f32, i8, i32, i64
 from xdsl.ir import Attribute, SSAValue
 from xdsl.ir.affine import AffineExpr, AffineMap
 from xdsl.passes import ModulePass
@@ -34,13 +34,8 @@ from xdsl.pattern_rewriter import (
 )
 
 from dialects import nn, quant
-from passes.convert_nn_to_linalg import conv2d_generic, matmul_generic, replace_lowered
+from passes.convert_nn_to_linalg import conv2d_generic, matmul_generic, replace_lowered, result_type
 from passes.linalg_builders import ScalarBuilder, affine_map, dims, elementwise, identity_map, shape_of
-
-
-def _result_type(op: quant.QuantOperation) -> TensorType:
-    assert isinstance(op.result.type, TensorType)
-    return op.result.type
 
 
 def _constant(rewriter: PatternRewriter, array: np.ndarray, element_type: Attribute) -> SSAValue:
@@ -154,7 +149,7 @@ class LowerQuantMatmul(RewritePattern):
         a, b = op.operands
         p = op.params()
         body = shifted_product(p["lhs_zero_point"], p["rhs_zero_point"])
-        replace_lowered(rewriter, op, matmul_generic(rewriter, a, b, _result_type(op).get_shape(), i32, body))
+        replace_lowered(rewriter, op, matmul_generic(rewriter, a, b, result_type(op).get_shape(), i32, body))
 
 
 class LowerQuantConv2d(RewritePattern):
@@ -167,7 +162,7 @@ class LowerQuantConv2d(RewritePattern):
         p = op.params()
         body = shifted_product(p["input_zero_point"], p["weight_zero_point"])
         result = conv2d_generic(
-            rewriter, x, w, bias[0] if bias else None, p, _result_type(op).get_shape(), i32,
+            rewriter, x, w, bias[0] if bias else None, p, result_type(op).get_shape(), i32,
             p["input_zero_point"], body,
         )
         replace_lowered(rewriter, op, result)
