@@ -282,6 +282,12 @@ def _transpose(op, args):
     return np.transpose(args[0], op.params()["perm"])
 
 
+@kernel(nn.SliceOp)
+def _slice(op, args):
+    p = op.params()
+    return args[0][tuple(slice(*bounds) for bounds in zip(p["starts"], p["ends"], p["steps"]))]
+
+
 @kernel(nn.ConcatOp)
 def _concat(op, args):
     return np.concatenate(args, axis=op.params()["axis"])

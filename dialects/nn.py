@@ -748,6 +748,57 @@ class TransposeOp(NNOperation):
 
 
 @irdl_op_definition
+class SliceOp(NNOperation):
+    """x[start:end:step] on every dim, numpy semantics with a positive step.
+
+    `axes` names the dims `starts`/`ends`/`steps` apply to (default: the
+    leading ones); inference spells all of them out, one entry per dim with
+    bounds clamped to the dim, so lowerings read a plain box.
+    """
+
+    name = "nn.slice"
+    PARAMS: ClassVar[dict[str, str]] = {"starts": "ints", "ends": "ints", "axes": "ints", "steps": "ints"}
+    inputs = var_operand_def(TensorType)
+    starts = prop_def(DenseArrayBase)
+    ends = prop_def(DenseArrayBase)
+    axes = prop_def(DenseArrayBase)
+    steps = prop_def(DenseArrayBase)
+    traits = traits_def(Pure())
+
+    @classmethod
+    def infer(cls, types, starts=None, ends=None, axes=None, steps=None):
+        (x,) = types
+        shape = list(x.get_shape())
+        rank = len(shape)
+        if starts is None or ends is None:
+            raise ShapeError("slice needs starts and ends")
+        axes = list(range(len(starts))) if axes is None else [normalize_axis(a, rank) for a in axes]
+        steps = [1] * len(axes) if steps is None else list(steps)
+        if not len(starts) == len(ends) == len(axes) == len(steps):
+            raise ShapeError(
+                f"slice starts {list(starts)}, ends {list(ends)}, axes {axes} and steps {steps} differ in length"
+            )
+        if len(set(axes)) != len(axes):
+            raise ShapeError(f"slice names an axis twice: {axes}")
+        full = {a: (0, d, 1) for a, d in enumerate(shape)}
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            if step < 1:
+                raise ShapeError(f"slice step {step} on axis {axis} must be positive")
+            begin, stop, _ = slice(int(start), int(end)).indices(shape[axis])
+            if stop <= begin:
+                raise ShapeError(f"slice {start}:{end} of axis {axis} (size {shape[axis]}) is empty")
+            full[axis] = (begin, stop, int(step))
+        bounds = [full[a] for a in range(rank)]
+        out = [-(-(stop - begin) // step) for begin, stop, step in bounds]
+        return tensor(x.element_type, out), {
+            "starts": [b[0] for b in bounds],
+            "ends": [b[1] for b in bounds],
+            "axes": list(range(rank)),
+            "steps": [b[2] for b in bounds],
+        }
+
+
+@irdl_op_definition
 class ConcatOp(NNOperation):
     name = "nn.concat"
     PARAMS: ClassVar[dict[str, str]] = {"axis": "int"}
@@ -851,6 +902,7 @@ NN = Dialect(
         GlobalAvgPoolOp,
         ReshapeOp,
         TransposeOp,
+        SliceOp,
         ConcatOp,
         ReduceSumOp,
         ReduceMeanOp,

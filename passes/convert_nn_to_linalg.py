@@ -577,6 +577,41 @@ class LowerTranspose(RewritePattern):
         replace_lowered(rewriter, op, result)
 
 
+class LowerSlice(RewritePattern):
+    """slice: a copy over the result's domain reading the input at
+    `start + step * index` on every dim.
+
+    A bare loop dim must span its whole operand dim, so a dim read from 0 with
+    step 1 but not to its end is read at `d + u` instead, `u` being an
+    outermost one-trip loop given its extent by a leading unit dim of the
+    result (the trick `copy_into` plays on the written side)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: nn.SliceOp, rewriter: PatternRewriter):
+        (x,) = op.operands
+        params = op.params()
+        out = result_type(op)
+        shape = list(out.get_shape())
+        rank = len(shape)
+        prefix_only = [
+            start == 0 and step == 1 and size != full
+            for start, step, size, full in zip(params["starts"], params["steps"], shape, shape_of(x))
+        ]
+        if not any(prefix_only):
+            d = dims(rank)
+            source_map = affine_map(rank, [i * step + start for i, start, step in zip(d, params["starts"], params["steps"])])
+            result = elementwise(rewriter, [(x, source_map)], shape, out.element_type, copy_value)
+        else:
+            unit, *d = dims(rank + 1)
+            source_map = affine_map(rank + 1, [
+                i + unit if prefix else i * step + start
+                for i, start, step, prefix in zip(d, params["starts"], params["steps"], prefix_only)
+            ])
+            widened = elementwise(rewriter, [(x, source_map)], [1, *shape], out.element_type, copy_value)
+            result = collapse(rewriter, widened, shape, [[0, 1]] + [[i + 1] for i in range(1, rank)])
+        replace_lowered(rewriter, op, result)
+
+
 class LowerConcat(RewritePattern):
     """concat: one copy per operand into its slice of one result tensor."""
 
@@ -616,6 +651,7 @@ class ConvertNNToLinalgPass(ModulePass):
                     LowerBatchNorm(),
                     LowerReshape(),
                     LowerTranspose(),
+                    LowerSlice(),
                     LowerConcat(),
                     *QUANT_LOWERINGS,
                 ]

@@ -81,7 +81,7 @@ from passes.quant_weights import QuantizedWeight, quantize_groups, quantize_symm
 QUANT_ATTR = "loom.quant"
 # Ops an i8 value passes through unchanged in meaning: they only move or
 # select elements, so they commute with a monotonic per-tensor quantization.
-TRANSPARENT = (nn.ReshapeOp, nn.TransposeOp, nn.MaxPool2dOp)
+TRANSPARENT = (nn.ReshapeOp, nn.TransposeOp, nn.SliceOp, nn.MaxPool2dOp)
 INT32_RANGE = (-(1 << 31), (1 << 31) - 1)
 # Biases are kept below 2^23 accumulator steps, far from the i32 limit.
 BIAS_HEADROOM = 127 / (1 << 23)

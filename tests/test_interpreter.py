@@ -289,6 +289,12 @@ def test_reshape_transpose_concat() -> None:
     assert got.shape == (2, 4, 4) and np.all(got[:, 3] == 1) and np.all(got[:, :3] == x)
 
 
+def test_slice_is_numpy_basic_slicing() -> None:
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    got = evaluate(nn.SliceOp, [x], starts=[-3, 1], ends=[100, -1], axes=[2, 0], steps=[2, 1])
+    np.testing.assert_array_equal(got, x[1:-1, :, -3::2])
+
+
 @pytest.mark.parametrize("op_class, fn", [(nn.ReduceSumOp, np.sum), (nn.ReduceMeanOp, np.mean), (nn.ReduceMaxOp, np.max)])
 @pytest.mark.parametrize("axes, keepdims", [(None, False), ([0, 2], True), ([-1], False)])
 def test_reductions(op_class, fn, axes, keepdims) -> None:

@@ -157,6 +157,10 @@ BUILTINS: dict[str, Builtin] = {
         Builtin(Signature("flatten", (_X,)), nn.ReshapeOp, derived=_flatten_shape),
         Builtin(Signature("transpose", (_X, Arg("perm", INTS, None))), nn.TransposeOp),
         Builtin(
+            Signature("slice", (_X, Arg("starts", INTS), Arg("ends", INTS), Arg("axes", INTS, None), Arg("steps", INTS, None))),
+            nn.SliceOp,
+        ),
+        Builtin(
             Signature("concat", (Arg("axis", INT, 0),), variadic=Arg("tensors", TENSOR)),
             nn.ConcatOp,
         ),

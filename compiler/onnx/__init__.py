@@ -24,6 +24,7 @@ from xdsl.utils.exceptions import VerifyException
 from compiler.diagnostics import InternalError, LoomError
 from compiler.files import write_atomic
 from compiler.loom_writer import is_identifier, to_identifier, write_loom
+from compiler.onnx.fold import foldable_nodes
 from compiler.onnx.graph import GraphImporter
 from compiler.onnx.model import (
     Source,
@@ -53,12 +54,13 @@ def import_onnx(
     """
     model, stem = load(source)
     opset = default_opset(model)
-    check_supported(model, CONVERTERS, PLANNED)
+    folded = foldable_nodes(model)
+    check_supported(model, CONVERTERS, PLANNED, folded)
     check_valid(model)
     inputs = graph_inputs(model, dims)
     shapes = inferred_shapes(model, inputs)
     name = _model_name(model_name, stem or model.graph.name)
-    function = GraphImporter(model, opset, inputs, shapes, name, CONVERTERS).build()
+    function = GraphImporter(model, opset, inputs, shapes, name, CONVERTERS, folded).build()
     module = ModuleOp([function])
     try:
         module.verify()

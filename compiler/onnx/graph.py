@@ -13,7 +13,7 @@ computed without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from xdsl.ir import Attribute, Block, Region, SSAValue
 
 from compiler.diagnostics import InternalError, LoomError
 from compiler.loom_writer import Namer, to_identifier
+from compiler.onnx.fold import evaluate_node
 from compiler.onnx.model import ELEMENT_TYPES, GraphInput, node_label, type_name
 from dialects import nn
 
@@ -81,7 +82,9 @@ def _attribute_value(attribute: onnx.AttributeProto) -> Any:
     return value
 
 
-Converter = Callable[["NodeContext"], Value]
+# A converter returns the value of the node's first output, or a tuple with
+# one value per output for operators with several (Split).
+Converter = Callable[["NodeContext"], Value | tuple[Value, ...]]
 
 
 class NodeContext:
@@ -193,13 +196,14 @@ class NodeContext:
         ]
         if ignored:
             raise self.error(f"input {', '.join(repr(n) for n in ignored)} is not supported")
-        first, *others = self.node.output
-        for name in others:
+        results = result if isinstance(result, tuple) else (result,)
+        for name in self.node.output[len(results):]:
             if name and name in self.importer.consumed:
                 raise self.error(
                     f"output '{name}' is used, but only the first output of {self.node.op_type} is supported"
                 )
-        self.importer.define(first, result, self)
+        for name, value in zip(self.node.output, results):
+            self.importer.define(name, value, self)
 
 
 class GraphImporter:
@@ -213,11 +217,13 @@ class GraphImporter:
         shapes: Mapping[str, tuple[int, ...]],
         model_name: str,
         converters: Mapping[str, Converter],
+        folded: Set[int] = frozenset(),
     ):
         self.graph = model.graph
         self.opset = opset
         self.model_name = model_name
         self.converters = converters
+        self.folded = folded
         self._inputs = inputs
         self._shapes = shapes
         self.namer = Namer()
@@ -245,7 +251,9 @@ class GraphImporter:
         output_names = [by_onnx_name.get(o.name) or self.namer.fresh(o.name) for o in self.graph.output]
         for tensor in self.graph.initializer:
             self.values[tensor.name] = constant_from_tensor(tensor, tensor.name)
-        for node in self.graph.node:
+        for index, node in enumerate(self.graph.node):
+            if index in self.folded and self._fold(node):
+                continue
             NodeContext(self, node).convert(self.converters[node.op_type])
         results = []
         for output, name in zip(self.graph.output, output_names):
@@ -263,6 +271,27 @@ class GraphImporter:
         function.attributes[nn.INPUTS_ATTR] = ArrayAttr([StringAttr(n) for n in input_names])
         function.attributes[nn.OUTPUTS_ATTR] = ArrayAttr([StringAttr(n) for n in output_names])
         return function
+
+    def _fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate a node whose inputs are known (see compiler.onnx.fold);
+        False leaves it to its converter: bf16 constants are held in float32
+        here, which the reference implementation would compute in."""
+        inputs: list[np.ndarray | None] = []
+        for name in node.input:
+            value = self.values.get(name) if name else None
+            if isinstance(value, Constant):
+                if value.elem_type == TensorProto.BFLOAT16:
+                    return False
+                inputs.append(value.array)
+            elif value is None:
+                inputs.append(None)
+            else:  # a shape operator's input: only its static shape matters
+                inputs.append(np.zeros(shape_of(value), np.float32))
+        for name, array in zip(node.output, evaluate_node(node, inputs, self.opset)):
+            if name:
+                constant = node_constant(array, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), name)
+                self.define(name, constant, NodeContext(self, node))
+        return True
 
     def define(self, name: str, value: Value, node: NodeContext) -> None:
         """Bind a node's output, checked against ONNX's own shape inference."""

@@ -7,7 +7,7 @@ every input dimension it needs a size for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +77,16 @@ def node_label(node: onnx.NodeProto) -> str:
     return f"node with output '{outputs[0]}'" if outputs else "unnamed node"
 
 
-def check_supported(model: ModelProto, supported: Mapping[str, object], reasons: Mapping[str, str]) -> None:
+def check_supported(
+    model: ModelProto, supported: Mapping[str, object], reasons: Mapping[str, str], folded: Set[int] = frozenset()
+) -> None:
     """Raise one LoomError listing every node whose operator has no converter
-    (with the reason, for operators in `reasons`)."""
+    (with the reason, for operators in `reasons`); the `folded` nodes are
+    evaluated at import time and need none."""
     missing = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
+        if index in folded:
+            continue
         if node.domain not in _DEFAULT_DOMAINS:
             missing.append(f"{node.domain}.{node.op_type} ({node_label(node)})")
         elif node.op_type not in supported:

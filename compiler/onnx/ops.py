@@ -416,6 +416,50 @@ def _transpose(node: NodeContext) -> Value:
     return node.emit(nn.TransposeOp, [node.tensor(0)], perm=None if perm is None else list(perm))
 
 
+@converts("Slice")
+def _slice(node: NodeContext) -> Value:
+    """Opset 10+ takes starts/ends/axes/steps as constant inputs, opset 1 as attributes."""
+    x = node.tensor(0)
+    if node.opset < 10:
+        starts, ends, axes = node.required_attr("starts"), node.required_attr("ends"), node.attr("axes")
+        steps = None
+    else:
+        starts, ends = node.ints(1, "starts"), node.ints(2, "ends")
+        axes = node.ints(3, "axes") if node.has_input(3) else None
+        steps = node.ints(4, "steps") if node.has_input(4) else None
+    if steps is not None and any(step < 1 for step in steps):
+        raise node.error(f"steps {steps}: only positive steps are supported")
+    return node.emit(nn.SliceOp, [x], starts=list(starts), ends=list(ends), axes=axes, steps=steps)
+
+
+@converts("Split")
+def _split(node: NodeContext) -> tuple[Value, ...]:
+    """One slice per output; sizes from the `split` input (opset 13+) or
+    attribute, else equal parts (the last one smaller under opset 18's
+    num_outputs)."""
+    x = node.tensor(0)
+    shape = shape_of(x)
+    axis = _axis(node, node.attr("axis", 0), len(shape))
+    outputs = len(node.node.output)
+    if node.has_input(1):
+        sizes = node.ints(1, "split")
+    elif node.attr("split") is not None:
+        sizes = list(node.attr("split"))
+    else:
+        parts = node.attr("num_outputs", outputs)
+        if parts != outputs:
+            raise node.error(f"num_outputs={parts} but the node has {outputs} outputs")
+        chunk = -(-shape[axis] // parts)
+        sizes = [min(chunk, shape[axis] - i * chunk) for i in range(parts)]
+    if len(sizes) != outputs or sum(sizes) != shape[axis] or min(sizes) < 1:
+        raise node.error(f"cannot split axis {axis} of size {shape[axis]} into {sizes} for {outputs} outputs")
+    offsets = np.cumsum([0, *sizes])
+    return tuple(
+        node.emit(nn.SliceOp, [x], starts=[int(start)], ends=[int(end)], axes=[axis])
+        for start, end in zip(offsets[:-1], offsets[1:])
+    )
+
+
 @converts("Concat")
 def _concat(node: NodeContext) -> Value:
     tensors = [node.tensor(i) for i in range(node.input_count) if node.has_input(i)]

@@ -30,7 +30,7 @@ def test_every_unsupported_operator_is_listed_at_once():
         helper.make_node("Resize", ["x", "", "scales"], ["up"], name="up1"),
         helper.make_node("Relu", ["up"], ["r"], name="relu"),
         helper.make_node("LSTM", ["r", "w", "rw"], ["h"], name="lstm", hidden_size=4),
-        helper.make_node("QuantizeLinear", ["h", "qs"], ["q"], name="quant"),
+        helper.make_node("Pow", ["h", "qs"], ["q"], name="pow"),
         helper.make_node("Erf", ["q"], ["e"]),
         helper.make_node("FusedMatMul", ["e", "e"], ["y"], name="fused", domain="com.microsoft"),
     ]
@@ -42,7 +42,7 @@ def test_every_unsupported_operator_is_listed_at_once():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert error_of(model) == (
         "unsupported ONNX operators: Resize (node 'up1'), LSTM (node 'lstm'), "
-        "QuantizeLinear (node 'quant'; needs the quant dialect), Erf (node with output 'e'), "
+        "Pow (node 'pow'), Erf (node with output 'e'), "
         "com.microsoft.FusedMatMul (node 'fused')"
     )
 
@@ -215,3 +215,12 @@ def test_a_failed_import_writes_nothing(tmp_path: Path):
         import_to_loom(path, tmp_path / "dyn.loom")
     assert info.value.render().startswith("error: dynamic input dimensions 'N' (dim 0 of input 'x')")
     assert not (tmp_path / "dyn.loom").exists()
+
+
+def test_folding_reports_the_node_it_cannot_evaluate():
+    """Shape arithmetic is evaluated at import time; a failure names the node."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["s", "bad"], ["r"], name="shape_math"),
+             helper.make_node("Reshape", ["x", "r"], ["y"])]
+    model = make_model(nodes, {"x": [2, 3]}, ["y"], {"bad": np.array([5], np.int64)})
+    with pytest.raises(LoomError, match="Reshape \\(node 'shape_math'\\) could not be evaluated at import time"):
+        import_onnx(model)

@@ -61,10 +61,11 @@ model every_op {
   glob = flatten(global_avgpool(x))
   h = layernorm(s @ m, g, g, eps=1e-3) / sqrt(exp(-s) + 2.0)
   t = transpose(concat(h, gelu(h), sigmoid(h), axis=0), perm=[1, 0])
+  v = slice(t, starts=[-3, 1], ends=[100, 8], axes=[1, 0], steps=[2, 1])
   u = tril(softmax(tanh(t), axis=0), k=-1, fill=-1e9)
   r = sum(u, axis=1, keepdims=true) + mean(u, axis=[0, 1]) * max(u)
   q = reshape(k * 3 - k / -2, [3, 2])
-  output pooled, glob, r, q
+  output pooled, glob, r, q, v
 }
 """
 

@@ -227,6 +227,12 @@ def test_transpose_reads_through_the_permutation():
     assert maps(op) == ["(d0, d1, d2) -> (d1, d2, d0)", "(d0, d1, d2) -> (d0, d1, d2)"]
 
 
+def test_slice_reads_at_start_plus_step_times_index():
+    m = lowered({"x": ([4, 9], "f32")}, lambda e, x: [e(nn.SliceOp.make([x], starts=[1], ends=[8], axes=[1], steps=[3]))])
+    (op,) = generics(m)
+    assert maps(op) == ["(d0, d1) -> (d0, ((d1 * 3) + 1))", "(d0, d1) -> (d0, d1)"]
+
+
 def test_concat_writes_each_operand_at_its_offset():
     m = lowered(
         {"a": ([2, 2], "f32"), "b": ([2, 3], "f32")},

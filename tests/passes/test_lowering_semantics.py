@@ -381,6 +381,14 @@ for dtype, perm in (("f32", [2, 0, 1]), ("i32", [1, 0])):
         lambda x, perm=perm: [np.transpose(x, perm)],
     )
 
+for dtype in ("f32", "i8"):
+    case(
+        f"nn.slice-{dtype}",
+        {"x": ([3, 8, 5], dtype)},
+        lambda e, x: [e(nn.SliceOp.make([x], starts=[1, -4], ends=[3, 5], axes=[0, 2], steps=[1, 2]))],
+        lambda x: [x[1:3, :, -4:5:2]],
+    )
+
 for dtype, axis in (("f32", 1), ("i8", 0)):
     case(
         f"nn.concat-{dtype}-axis{axis}",
