@@ -9,6 +9,7 @@ _BUILTIN: dict[str, str] = {
     "cpu": "backends.cpu:CpuBackend",
     "interp": "backends.interp:InterpreterBackend",
     "systolic": "backends.systolic:SystolicBackend",
+    "fpga": "backends.fpga:FpgaBackend",
 }
 
 BACKENDS: Registry[Backend] = Registry("loom.backends", _BUILTIN)

@@ -120,9 +120,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", help="output file (default: MODEL.q.mlir in the current directory)")
     p.add_argument("--report", choices=["text", "json"], default="text", help="report format")
 
+    _add_dse_parser(sub)
+
     sub.add_parser("passes", help="list registered passes")
     sub.add_parser("targets", help="list registered targets")
     return parser
+
+
+def _add_dse_parser(sub) -> None:
+    p = sub.add_parser("dse", help="explore FPGA designs: reuse factors x partitions, Pareto table",
+                       description="Sweep reuse factors and array-partition caps of the fpga target, print the "
+                                   "Pareto front of latency against DSP/LUT/EBR estimates and the fastest design "
+                                   "that fits the device.")
+    p.add_argument("file", help="a .loom model file (or an nn-level .mlir module)")
+    p.add_argument("--model", help="which model of the file (needed when it defines several)")
+    p.add_argument("--target", default="fpga", choices=["fpga"], help="target to explore (only fpga)")
+    p.add_argument("--weights", metavar="W.npz", help="values of params declared without an initializer")
+    p.add_argument("--target-config", metavar="NAME|FILE.toml", help="FPGA description (default fpga-ecp5)")
+    p.add_argument("--reuse", default="", metavar="R1,R2,...",
+                   help="reuse factors to sweep (default: powers of two up to the largest loop nest)")
+    p.add_argument("--partition", default="0,2", metavar="P1,P2,...",
+                   help="banks per array dim to sweep; 0 means as many as the lanes need (default 0,2)")
+    p.add_argument("--mode", default="auto", choices=["auto", "dataflow", "time-multiplexed"])
+    p.add_argument("--all", action="store_true", help="print every point, not only the Pareto front")
+    p.add_argument("--report", choices=["text", "json"], default="text", help="report format")
+    _add_quantize_args(p)
+
+
+def _positive_list(text: str, flag: str, allow_zero: bool = False) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = [-1]
+    if any(v < (0 if allow_zero else 1) for v in values):
+        raise LoomError(f"{flag} expects a comma-separated list of {'non-negative' if allow_zero else 'positive'} "
+                        f"integers, got '{text}'")
+    return values
+
+
+def cmd_dse(args: argparse.Namespace) -> int:
+    import compiler
+    from backends.fpga.device import FpgaDevice
+    from backends.fpga.dse import explore, fastest_fitting, pareto, reuse_ladder
+
+    # Compiled at reuse factor 1 only to reach the engine level; the sweep schedules copies of it.
+    options = compiler.CompileOptions(target_config=args.target_config, quantize=args.quantize,
+                                      calibration=args.calibration, quant_config=args.quant_config,
+                                      extra={"mode": args.mode, "reuse_factor": 1})
+    artifact = compiler.compile(args.file, target="fpga", model=args.model, weights=args.weights,
+                                options=options, pass_options=_pass_options(args))
+    module = artifact.module
+    reuse = _positive_list(args.reuse, "--reuse") or reuse_ladder(module)
+    partitions = _positive_list(args.partition, "--partition", allow_zero=True) or [0]
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // total
+        print(f"\rexploring [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr,
+              flush=True)
+        if done == total:
+            print(file=sys.stderr)
+
+    device = FpgaDevice.load(args.target_config)
+    points = explore(module, device, reuse, partitions, args.mode, progress)
+    front = pareto(points)
+    best = fastest_fitting(points)
+    shown = points if args.all else front
+    if args.report == "json":
+        print(json.dumps({"device": device.name, "points": [p.as_dict() for p in points],
+                          "pareto": [p.as_dict() for p in front],
+                          "fastest_fitting": best.as_dict() if best else None}, sort_keys=True))
+        return 0
+    print(f"model {artifact.model} on {device.name}: {len(points)} designs, {len(front)} on the Pareto front")
+    header = f"{'reuse':>6} {'part':>4} {'mode':<16} {'latency':>9} {'interval':>9} {'DSP':>5} {'LUT':>7} {'EBR':>4}  fits"
+    print(header)
+    for p in shown:
+        mark = " *" if p is best else ""
+        print(f"{p.reuse_factor:>6} {p.partition or 'auto':>4} {p.mode:<16} {p.latency:>9} {p.interval:>9} "
+              f"{p.dsp:>5} {p.lut:>7} {p.bram:>4}  {'yes' if p.fits else 'no'}{mark}")
+    if best:
+        print(f"fastest design that fits: reuse factor {best.reuse_factor}, partition "
+              f"{best.partition or 'auto'}, {best.mode}, {best.latency} cycles "
+              f"({best.latency / device.clock_hz * 1e6:.3g} us at {device.clock_hz / 1e6:g} MHz)")
+    else:
+        print(f"no design fits {device.name}")
+    return 0
 
 
 def _pass_options(args: argparse.Namespace):
@@ -357,6 +439,7 @@ COMMANDS = {
     "opt": cmd_opt,
     "import": cmd_import,
     "quantize": cmd_quantize,
+    "dse": cmd_dse,
     "passes": cmd_passes,
     "targets": cmd_targets,
 }

@@ -6,6 +6,7 @@ from xdsl.context import Context
 from xdsl.dialects import affine, arith, func, linalg, math, memref, scf, tensor, vector
 from xdsl.dialects.builtin import Builtin
 
+from dialects.hls import HLS
 from dialects.mem import MEM
 from dialects.nn import NN
 from dialects.systolic import SYSTOLIC
@@ -16,6 +17,6 @@ def make_context() -> Context:
     """A context with Loom's dialects and the upstream ones its lowerings use."""
     ctx = Context()
     for dialect in (Builtin, func.Func, arith.Arith, math.Math, scf.Scf, memref.MemRef,
-                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM, QUANT, SYSTOLIC):
+                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM, QUANT, SYSTOLIC, HLS):
         ctx.load_dialect(dialect)
     return ctx

@@ -34,6 +34,9 @@ _BUILTIN: dict[str, str] = {
     "tile-systolic": "passes.tile_systolic:TileSystolicPass",
     "quantize": "passes.quantize:QuantizePass",
     "convert-quant-to-linalg": "passes.convert_quant_to_linalg:ConvertQuantToLinalgPass",
+    "hls-form-engines": "passes.hls_form_engines:HlsFormEnginesPass",
+    "hls-directives": "passes.hls_directives:HlsDirectivesPass",
+    "hls-schedule": "passes.hls_schedule:HlsSchedulePass",
 }
 
 # One-liners for upstream passes whose classes have no docstring.
