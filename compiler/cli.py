@@ -40,7 +40,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--array", metavar="RxC", help="systolic target: array rows x columns (overrides --target-config)")
     p.add_argument("--dataflow", choices=["ws", "os", "is"],
                    help="systolic target: weight, output or input stationary (overrides --target-config)")
+    p.add_argument("-X", "--target-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a target-specific option (repeatable), e.g. -X reuse_factor=16 for fpga, "
+                        "-X pim_mode=per-bank for pim; see the target's page in docs/targets/")
     _add_quantize_args(p)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loom")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _add_quantize_args(p: argparse.ArgumentParser, scheme_flag: str = "--quantize") -> None:
@@ -57,8 +69,18 @@ def _add_quantize_args(p: argparse.ArgumentParser, scheme_flag: str = "--quantiz
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loom",
-        description="Loom: compile neural-network models written in the .loom DSL for CPUs and accelerators.",
+        description="Loom: compile neural-network models written in the .loom DSL (or ONNX) for CPUs and "
+                    "accelerators, and run them against a reference interpreter.",
+        epilog="examples:\n"
+               "  loom run samples/mlp.loom --check                      compile for the CPU, run, compare\n"
+               "  loom compile samples/lenet.loom --emit shared -o lenet.so\n"
+               "  loom run samples/lenet.loom --target systolic --array 8x8 --report json\n"
+               "  loom import model.onnx -o model.loom\n"
+               "  loom COMMAND --help                                    options of one command\n"
+               "docs: README.md and docs/ (dsl.md, passes.md, targets/, extending.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"loom {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile a model and write the result",
@@ -87,18 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-outputs", metavar="O.npz", help="write outputs to an .npz file")
 
     p = sub.add_parser("check", help="parse and verify a model file without compiling",
-                       description="Parse, type-check and verify a .loom or .mlir file.")
-    p.add_argument("file")
-    p.add_argument("--weights", metavar="W.npz")
+                       description="Parse, type-check and verify a .loom, .mlir or .onnx file.")
+    p.add_argument("file", help="a .loom, .mlir or .onnx model file")
+    p.add_argument("--weights", metavar="W.npz", help="values of params declared without an initializer")
 
     p = sub.add_parser("opt", help="run a pass pipeline on an MLIR module and print it",
                        description="Parse an MLIR (or .loom) module, run a pipeline, print the result.")
-    p.add_argument("file")
-    p.add_argument("-p", "--passes", default="", metavar="PIPELINE")
-    p.add_argument("-o", "--output", metavar="OUT")
-    p.add_argument("--print-ir-after-all", action="store_true")
-    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
-    p.add_argument("--timing", action="store_true")
+    p.add_argument("file", help="an MLIR module in generic or custom form, or a .loom file")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
+                   help="comma-separated passes with options, e.g. 'convert-nn-to-linalg,fuse-elementwise{}' "
+                        "(see `loom passes`)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result here instead of stdout")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after the named pass (repeatable)")
+    p.add_argument("--timing", action="store_true", help="print pass timing (stderr)")
 
     p = sub.add_parser("import", help="convert an ONNX model to .loom source and an .npz weights file",
                        description="Convert an ONNX model to a .loom file and the .npz file of its params.")
@@ -122,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_dse_parser(sub)
 
-    sub.add_parser("passes", help="list registered passes")
-    sub.add_parser("targets", help="list registered targets")
+    sub.add_parser("passes", help="list registered passes",
+                   description="List every pass a pipeline can name: built-in, from installed plugins "
+                               "(entry points in the loom.passes group) and registered at runtime.")
+    sub.add_parser("targets", help="list registered targets",
+                   description="List every --target: built-in, from installed plugins (entry points in the "
+                               "loom.backends group) and registered at runtime.")
     return parser
 
 
@@ -141,7 +170,8 @@ def _add_dse_parser(sub) -> None:
                    help="reuse factors to sweep (default: powers of two up to the largest loop nest)")
     p.add_argument("--partition", default="0,2", metavar="P1,P2,...",
                    help="banks per array dim to sweep; 0 means as many as the lanes need (default 0,2)")
-    p.add_argument("--mode", default="auto", choices=["auto", "dataflow", "time-multiplexed"])
+    p.add_argument("--mode", default="auto", choices=["auto", "dataflow", "time-multiplexed"],
+                   help="one engine per layer connected by FIFOs, one shared engine, or whichever fits (default)")
     p.add_argument("--all", action="store_true", help="print every point, not only the Pareto front")
     p.add_argument("--report", choices=["text", "json"], default="text", help="report format")
     _add_quantize_args(p)
@@ -232,6 +262,18 @@ def _parse_tiles(specs: list[str]) -> dict[str, tuple[int, ...]]:
     return tiles
 
 
+def _target_options(args: argparse.Namespace) -> dict[str, str]:
+    """`CompileOptions.extra`: every -X KEY=VALUE, then the systolic flags."""
+    extra = {}
+    for spec in args.target_option:
+        key, equals, value = spec.partition("=")
+        if not key or not equals:
+            raise LoomError(f"-X expects KEY=VALUE, got '{spec}'")
+        extra[key] = value
+    extra.update({k: v for k, v in (("array", args.array), ("dataflow", args.dataflow)) if v})
+    return extra
+
+
 def _compile(args: argparse.Namespace):
     import compiler
 
@@ -246,7 +288,7 @@ def _compile(args: argparse.Namespace):
         quantize=args.quantize,
         calibration=args.calibration,
         quant_config=args.quant_config,
-        extra={k: v for k, v in (("array", args.array), ("dataflow", args.dataflow)) if v},
+        extra=_target_options(args),
     )
     return compiler.compile(
         args.file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from xdsl.passes import ModulePass
 
 import compiler
 from backends.interp import InterpreterBackend
-from compiler.cli import EXIT_INTERNAL_ERROR, main
+from compiler.cli import EXIT_INTERNAL_ERROR, build_parser, main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -109,6 +110,49 @@ def test_listings(capsys) -> None:
     assert code == 0 and "convert-nn-to-linalg" in out and "fold-constants" in out
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0 and "cpu" in out and "interp" in out
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def test_every_command_and_option_is_described() -> None:
+    parser = build_parser()
+    commands = _subcommands(parser)
+    helped = {a.dest for a in parser._actions if isinstance(a, argparse._SubParsersAction) for a in a._choices_actions}
+    assert helped == set(commands)
+    for name, command in commands.items():
+        assert command.description, f"loom {name} has no description"
+        for action in command._actions:
+            assert action.help, f"loom {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("loom ")
+
+
+class RecordingBackend(InterpreterBackend):
+    """The interpreter, remembering the options it was built with."""
+
+    name = "test-recording"
+    seen: dict = {}
+
+    def build(self, module, signature, options):
+        RecordingBackend.seen = dict(options.extra)
+        return super().build(module, signature, options)
+
+
+def test_target_options_reach_the_backend(capsys, root) -> None:
+    compiler.register_backend(RecordingBackend)
+    code, _, _ = run_cli(capsys, "run", str(root / "samples/xor.loom"), "--target", "test-recording",
+                         "-X", "reuse_factor=16", "--target-option", "mode=a=b", "--array", "4x4")
+    assert code == 0
+    assert RecordingBackend.seen == {"reuse_factor": "16", "mode": "a=b", "array": "4x4"}
+    code, _, err = run_cli(capsys, "run", str(root / "samples/xor.loom"), "-X", "reuse_factor")
+    assert code == 1 and "-X expects KEY=VALUE, got 'reuse_factor'" in err
 
 
 class ExplodingPass(ModulePass):
