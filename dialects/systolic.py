@@ -39,10 +39,10 @@ compiled for and verifies the same way anywhere.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from functools import cache
 from abc import ABC
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
+from functools import cache
 from typing import ClassVar
 
 from xdsl.dialects.builtin import (
@@ -57,6 +57,8 @@ from xdsl.dialects.builtin import (
     TensorType,
     UnitAttr,
     f64,
+    i8,
+    i32,
     i64,
 )
 from xdsl.ir import Attribute, Data, Dialect, Operation, Region, SSAValue
@@ -81,7 +83,9 @@ from xdsl.printer import Printer
 from xdsl.traits import IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
+from dialects import nn
 from dialects.mem import TokenType
+from dialects.quant import MAX_SHIFT
 
 CONFIG_ATTR = "systolic.config"
 HOST_ATTR = "systolic.host"  # on nn ops left for the host: why they are not on the array
@@ -217,9 +221,10 @@ class Im2colView:
     out_w); column j is window element q = k0 + j at (c, kh, kw) in
     row-major order over (channels, kernel_h, kernel_w). It reads input row
     oh * stride_h + kh * dilation_h - row0 of the band and column ow *
-    stride_w + kw * dilation_w - col0; outside the band it reads zero, which
-    is how padding is made. `transpose` swaps rows and columns (the
-    input-stationary dataflow preloads X transposed).
+    stride_w + kw * dilation_w - col0; outside the band it reads `pad_value`
+    (zero, or the zero point of a quantized input), which is how padding is
+    made. `transpose` swaps rows and columns (the input-stationary dataflow
+    preloads X transposed).
     """
 
     rows: int
@@ -240,6 +245,7 @@ class Im2colView:
     band_w: int
     channel_stride: int
     transpose: int = 0
+    pad_value: int = 0
 
     def transposed(self) -> Im2colView:
         return replace(self, transpose=1 - self.transpose)
@@ -378,6 +384,21 @@ def _pair(attr: DenseArrayBase | None) -> tuple[int, int] | None:
     return None if attr is None else tuple(attr.get_values())  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Requantization:
+    """What the output unit does to a quantized gemm's i32 sums (see
+    `quant.requantize`): `multipliers` and `shifts` hold one value, or one
+    per output column or channel; relu clamps at `zero_point`."""
+
+    multipliers: tuple[int, ...]
+    shifts: tuple[int, ...]
+    zero_point: int
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.multipliers) > 1
+
+
 @irdl_op_definition
 class GemmOp(IRDLOperation):
     """`y = epilogue(x @ w)` on the array, or a convolution through im2col.
@@ -385,10 +406,19 @@ class GemmOp(IRDLOperation):
     Matmul: x is [..., M, K] (leading dims are rows too), w is [K, N].
     Convolution (`kernel` set): x is NCHW, w is the weight matrix
     [groups, K, N] with K = C/groups * kh * kw in (c, kh, kw) order and N
-    output channels per group; y is NCHW. The epilogue adds `bias` (groups *
-    N values along the output columns or channels, any shape holding them
-    in order) and applies `relu`, in that order, in the result dtype.
-    `fused` lists the nn ops this one replaced, for reports.
+    output channels per group; y is NCHW; padding reads `pad_value` (0 unless
+    set). The epilogue adds `bias` (groups * N values along the output
+    columns or channels, any shape holding them in order) and applies
+    `relu`, in that order. `fused` lists the ops this one replaced, for
+    reports.
+
+    Types: all f32; or i8 operands, whose products sum in i32 and then
+
+    - wrap to an i8 result with an i8 bias (nn's integer ops), or
+    - are the result, i32, with an i32 bias (a quantized layer's accumulator), or
+    - are requantized to an i8 result (`multiplier`, `shift`, `zero_point`:
+      `quant.requantize` with one multiplier or one per output column), with
+      an i32 bias; relu then clamps at the zero point.
     """
 
     name = "systolic.gemm"
@@ -403,6 +433,10 @@ class GemmOp(IRDLOperation):
     padding = opt_prop_def(DenseArrayBase)
     dilation = opt_prop_def(DenseArrayBase)
     groups = opt_prop_def(IntegerAttr)
+    pad_value = opt_prop_def(IntegerAttr)
+    multiplier = opt_prop_def(DenseArrayBase)
+    shift = opt_prop_def(DenseArrayBase)
+    zero_point = opt_prop_def(IntegerAttr)
     relu = opt_prop_def(UnitAttr)
     layer = prop_def(StringAttr)
     fused = prop_def(ArrayAttr[StringAttr])
@@ -412,7 +446,8 @@ class GemmOp(IRDLOperation):
     irdl_options = (ParsePropInAttrDict(),)
 
     def __init__(self, x: SSAValue, w: SSAValue, bias: SSAValue | None, result_type: TensorType, *,
-                 layer: str, fused: Sequence[str], relu: bool, conv: ConvGeometry | None = None):
+                 layer: str, fused: Sequence[str], relu: bool, conv: ConvGeometry | None = None,
+                 pad_value: int = 0, requant: Requantization | None = None):
         properties: dict[str, Attribute] = {
             "layer": StringAttr(layer),
             "fused": ArrayAttr([StringAttr(k) for k in fused]),
@@ -423,6 +458,12 @@ class GemmOp(IRDLOperation):
             for key in ("kernel", "stride", "padding", "dilation"):
                 properties[key] = DenseArrayBase.from_list(i64, list(getattr(conv, key)))
             properties["groups"] = IntegerAttr(conv.groups, i64)
+        if pad_value:
+            properties["pad_value"] = IntegerAttr(pad_value, i64)
+        if requant is not None:
+            properties["multiplier"] = DenseArrayBase.from_list(i64, list(requant.multipliers))
+            properties["shift"] = DenseArrayBase.from_list(i64, list(requant.shifts))
+            properties["zero_point"] = IntegerAttr(requant.zero_point, i64)
         super().__init__(operands=[x, w, bias], result_types=[result_type], properties=properties)
 
     def conv_geometry(self) -> ConvGeometry | None:
@@ -431,16 +472,53 @@ class GemmOp(IRDLOperation):
         return ConvGeometry(_pair(self.kernel), _pair(self.stride), _pair(self.padding),  # type: ignore[arg-type]
                             _pair(self.dilation), self.groups.value.data if self.groups else 1)
 
+    def requantization(self) -> Requantization | None:
+        if self.zero_point is None or self.multiplier is None or self.shift is None:
+            return None
+        return Requantization(tuple(self.multiplier.get_values()), tuple(self.shift.get_values()),  # type: ignore[arg-type]
+                              self.zero_point.value.data)
+
+    def padding_value(self) -> int:
+        return self.pad_value.value.data if self.pad_value is not None else 0
+
     def problem(self) -> GemmProblem:
         x, w, y = (v.type for v in (self.x, self.w, self.result))
         assert isinstance(x, TensorType) and isinstance(w, TensorType) and isinstance(y, TensorType)
         return GemmProblem.of(x.get_shape(), w.get_shape(), y.get_shape(), self.conv_geometry())
 
-    def verify_(self) -> None:
+    def bias_type(self) -> Attribute:
+        """The element type the bias must have: the sums' (i32) before a
+        requantization, else the result's."""
+        y = self.result.type
+        assert isinstance(y, TensorType)
+        return i32 if self.requantization() is not None else y.element_type
+
+    def _verify_types(self) -> None:
         x, w, y = (v.type for v in (self.x, self.w, self.result))
         assert isinstance(x, TensorType) and isinstance(w, TensorType) and isinstance(y, TensorType)
-        if len({x.element_type, w.element_type, y.element_type}) != 1:
-            raise VerifyException(f"{self.name}: operands and result must share one element type")
+        operands, result = x.element_type, y.element_type
+        if w.element_type != operands:
+            raise VerifyException(f"{self.name}: x and w must share one element type")
+        requant = self.requantization()
+        if operands == i8:
+            allowed = [i8] if requant is not None else [i8, i32]
+        elif requant is not None:
+            raise VerifyException(f"{self.name}: only i8 products are requantized")
+        else:
+            allowed = [operands]
+        if result not in allowed:
+            raise VerifyException(f"{self.name}: {nn.dtype_name(operands)} operands give "
+                                  f"{' or '.join(nn.dtype_name(t) for t in allowed)} results"
+                                  + (" when requantized" if requant is not None else ""))
+        if (self.zero_point is None, self.multiplier is None, self.shift is None).count(True) not in (0, 3):
+            raise VerifyException(f"{self.name}: multiplier, shift and zero_point go together")
+        if self.pad_value is not None and (operands != i8 or self.kernel is None):
+            raise VerifyException(f"{self.name}: only i8 convolutions take a pad_value")
+
+    def verify_(self) -> None:
+        self._verify_types()
+        x, w, y = (v.type for v in (self.x, self.w, self.result))
+        assert isinstance(x, TensorType) and isinstance(w, TensorType) and isinstance(y, TensorType)
         if any(p is None for p in (self.stride, self.padding, self.dilation)) != (self.kernel is None):
             raise VerifyException(f"{self.name}: kernel, stride, padding and dilation go together")
         p = self.problem()
@@ -457,8 +535,18 @@ class GemmOp(IRDLOperation):
         if self.bias is not None:
             b = self.bias.type
             assert isinstance(b, TensorType)
-            if b.element_type != y.element_type or math.prod(b.get_shape()) != p.n * p.groups:
-                raise VerifyException(f"{self.name}: the bias must hold {p.n * p.groups} values of the result's type")
+            if b.element_type != self.bias_type() or math.prod(b.get_shape()) != p.n * p.groups:
+                raise VerifyException(f"{self.name}: the bias must hold {p.n * p.groups} "
+                                      f"{nn.dtype_name(self.bias_type())} values")
+        requant = self.requantization()
+        if requant is not None:
+            if len(requant.multipliers) != len(requant.shifts) or len(requant.shifts) not in (1, p.n * p.groups):
+                raise VerifyException(f"{self.name}: one multiplier and shift, or one per output column "
+                                      f"({p.n * p.groups}), are needed")
+            if not all(0 <= m < 1 << 31 for m in requant.multipliers) or not all(
+                    1 <= s <= MAX_SHIFT for s in requant.shifts) or not -128 <= requant.zero_point <= 127:
+                raise VerifyException(f"{self.name}: multipliers must lie in [0, 2^31), shifts in [1, {MAX_SHIFT}] "
+                                      "and the zero point in [-128, 127]")
 
 
 # --------------------------------------------------------------------------
@@ -659,20 +747,24 @@ class PostprocessOp(IRDLOperation):
     """The output unit: `out = relu(convert(acc + bias))` element by element.
 
     `convert` is `none` (f32 to f32), `wrap` (keep the low bits of the i32
-    accumulator, as integer nn ops wrap) or `requant` (v * multiplier / 2^shift
-    rounded half away from zero, plus zero_point, saturated: quant.requantize
-    with one multiplier). `relu` clamps at the zero point. Runs beside the
-    array; its token completes when `out` is written."""
+    sum, as integer nn ops wrap) or `requant` (v * multiplier / 2^shift
+    rounded half away from zero, plus zero_point, saturated:
+    quant.requantize). The multiplier and shift are one pair (`multiplier`,
+    `shift`) or one per column, read from `scales` through `scales_view`
+    (row 0 multipliers, row 1 shifts, i32). `relu` clamps at the zero point.
+    Runs beside the array; its token completes when `out` is written."""
 
     name = "systolic.postprocess"
 
     acc = operand_def(MemRefType)
     bias = opt_operand_def(MemRefType)
     out = operand_def(MemRefType)
+    scales = opt_operand_def(MemRefType)
     token = result_def(TokenType)
     acc_view = prop_def(Attribute)
     bias_view = opt_prop_def(Attribute)
     out_view = prop_def(Attribute)
+    scales_view = opt_prop_def(Attribute)
     mode = prop_def(StringAttr)
     relu = opt_prop_def(UnitAttr)
     multiplier = opt_prop_def(IntegerAttr)
@@ -681,12 +773,16 @@ class PostprocessOp(IRDLOperation):
 
     irdl_options = (AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())
     assembly_format = (
-        "$acc `to` $out (`bias` $bias^)? attr-dict `:` type($acc) `to` type($out) (`bias` type($bias)^)?"
+        "$acc `to` $out (`bias` $bias^)? (`scales` $scales^)? attr-dict `:` type($acc) `to` type($out) "
+        "(`bias` type($bias)^)? (`scales` type($scales)^)?"
     )
 
     def __init__(self, acc: SSAValue, acc_view: MatrixView, out: SSAValue, out_view: MatrixView, *,
                  mode: str, relu: bool, bias: SSAValue | None = None, bias_view: MatrixView | None = None,
-                 requant: tuple[int, int, int] | None = None):
+                 requant: tuple[int, int, int] | None = None,
+                 channel_requant: tuple[SSAValue, MatrixView, int] | None = None):
+        """`requant` is (multiplier, shift, zero point); `channel_requant`
+        (scales buffer, its 2 x columns view, zero point)."""
         properties: dict[str, Attribute] = {
             "acc_view": acc_view.to_attr(), "out_view": out_view.to_attr(), "mode": StringAttr(mode)}
         if bias_view is not None:
@@ -696,7 +792,12 @@ class PostprocessOp(IRDLOperation):
         if requant is not None:
             for key, value in zip(("multiplier", "shift", "zero_point"), requant):
                 properties[key] = IntegerAttr(value, i64)
-        super().__init__(operands=[acc, bias, out], result_types=[TokenType()], properties=properties)
+        scales = None
+        if channel_requant is not None:
+            scales, scales_view, zero_point = channel_requant
+            properties["scales_view"] = scales_view.to_attr()
+            properties["zero_point"] = IntegerAttr(zero_point, i64)
+        super().__init__(operands=[acc, bias, out, scales], result_types=[TokenType()], properties=properties)
 
     def verify_(self) -> None:
         acc = _check_view(self, self.acc, self.acc_view, "accumulator")
@@ -711,8 +812,15 @@ class PostprocessOp(IRDLOperation):
                 raise VerifyException(f"{self.name}: the bias view must be one row per output column")
         if self.mode.data not in REQUANT_MODES:
             raise VerifyException(f"{self.name}: mode must be one of {', '.join(REQUANT_MODES)}")
-        if (self.mode.data == "requant") != (self.multiplier is not None and self.shift is not None):
-            raise VerifyException(f"{self.name}: requant mode takes multiplier and shift")
+        if (self.scales is None) != (self.scales_view is None):
+            raise VerifyException(f"{self.name}: scales and scales_view go together")
+        sources = int(self.multiplier is not None and self.shift is not None) + int(self.scales is not None)
+        if sources != int(self.mode.data == "requant"):
+            raise VerifyException(f"{self.name}: requant mode takes multiplier and shift, or per-column scales")
+        if self.scales is not None:
+            scales = _check_view(self, self.scales, self.scales_view, "scales")  # type: ignore[arg-type]
+            if view_shape(scales) != (2, view_shape(acc)[1]) or self.scales.type.get_element_type() != i32:  # type: ignore[attr-defined]
+                raise VerifyException(f"{self.name}: the scales view must be 2 i32 rows, one column per output column")
 
 
 SYSTOLIC = Dialect(

@@ -8,11 +8,19 @@ the intermediate tensors never exist. Convolution weights are rearranged
 into the [groups, K, N] matrix the array reads (at compile time when they
 are constants).
 
-Whatever stays an nn op runs on the host; the pass marks each such op with
-`systolic.host` saying why, so the host/accelerator split can be read off
-the IR. An op stays on the host when its kind is not a product, its dtype is
-not one the multipliers take (i8, and f32 in simulation), a matmul has
-batched weights, or one fold of it does not fit the scratchpads.
+Quantized layers (`quant.matmul` / `quant.conv2d`, their i32 bias add and
+the `quant.requantize` behind them) become i8 gemms the same way: the
+input zero point's correction is folded into the i32 bias, convolution
+padding reads the zero point, and the requantization (one multiplier, or
+one per output channel) runs in the output unit.
+
+Whatever stays an nn or quant op runs on the host; the pass marks each such
+op with `systolic.host` saying why, so the host/accelerator split can be
+read off the IR. An op stays on the host when its kind is not a product
+(quantize and dequantize included), its dtype is not one the multipliers
+take (i8, and f32 in simulation), a matmul has batched weights, a quantized
+product has a weight zero point (or non-constant weights with an input zero
+point), or one fold of it does not fit the scratchpads.
 
 The hardware comes from a description (`target-config`); `array` (RxC) and
 `dataflow` override it. The result is stored as the module attribute
@@ -22,11 +30,12 @@ The hardware comes from a description (`target-config`); `array` (RxC) and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType, i8, i32
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -42,7 +51,7 @@ from compiler.diagnostics import LoomError
 from compiler.frontend.signatures import suggestion
 from compiler.model import models
 from compiler.targets import TargetDescription, load_target
-from dialects import nn
+from dialects import nn, quant
 from dialects.systolic import (
     CONFIG_ATTR,
     DATAFLOWS,
@@ -52,13 +61,15 @@ from dialects.systolic import (
     ConvGeometry,
     GemmOp,
     GemmProblem,
+    Requantization,
     module_config,
 )
-from passes.systolic_schedule import NotOnArray, make_plan
+from passes.systolic_schedule import ElementBytes, NotOnArray, make_plan
 
 DEFAULT_TARGET = "systolic-16x16"
 MAX_SCRATCHPAD_BYTES = 1 << 24  # scratchpad addresses are 24 bits wide
 ARRAY_DTYPES = ("i8", "f32")  # i8 multipliers; f32 is a simulation mode
+BATCHED_WEIGHTS = "batched weights: the array multiplies by one weight matrix at a time"
 
 
 # --------------------------------------------------------------------------
@@ -139,24 +150,90 @@ class Epilogue:
     ops: list[Operation]
     result: SSAValue
     bias: SSAValue | None
-    relu: bool
+    relu: bool = False
+    requant: Requantization | None = None
+
+    def absorb(self, op: Operation, bias: SSAValue | None = None) -> None:
+        self.ops.append(op)
+        self.result = op.results[0]
+        if bias is not None:
+            self.bias = bias
+
+    def bias_add(self, channels_axis: int) -> tuple[nn.AddOp, SSAValue] | None:
+        """The add of one value per output column/channel that alone reads the result, and that value."""
+        user = _only_user(self.result)
+        if self.bias is not None or not isinstance(user, nn.AddOp):
+            return None
+        other = user.operands[1] if user.operands[0] is self.result else user.operands[0]
+        if other is self.result or _shape(user.result) != _shape(self.result) \
+                or not _is_bias(other, self.result, channels_axis):
+            return None
+        return user, other
 
 
-def match_epilogue(anchor: nn.NNOperation, bias: SSAValue | None, channels_axis: int) -> Epilogue:
+def match_epilogue(anchor: Operation, bias: SSAValue | None, channels_axis: int) -> Epilogue:
     """The longest `add(bias)` then `relu` chain behind `anchor` whose values have one use each."""
-    epilogue = Epilogue([anchor], anchor.result, bias, False)
+    epilogue = Epilogue([anchor], anchor.results[0], bias)
+    if (found := epilogue.bias_add(channels_axis)) is not None:
+        epilogue.absorb(*found)
     user = _only_user(epilogue.result)
-    if bias is None and isinstance(user, nn.AddOp):
-        other = user.operands[1] if user.operands[0] is epilogue.result else user.operands[0]
-        if other is not epilogue.result and _shape(user.result) == _shape(epilogue.result) \
-                and _is_bias(other, epilogue.result, channels_axis):
-            epilogue.ops.append(user)
-            epilogue.result, epilogue.bias = user.result, other
-            user = _only_user(epilogue.result)
     if isinstance(user, nn.ReluOp):
-        epilogue.ops.append(user)
-        epilogue.result, epilogue.relu = user.result, True
+        epilogue.absorb(user)
+        epilogue.relu = True
     return epilogue
+
+
+def _constant(value: SSAValue | None) -> nn.ConstantOp | None:
+    owner = value.owner if value is not None else None
+    return owner if isinstance(owner, nn.ConstantOp) else None
+
+
+def _output_unit_requantization(op: Operation | None, channels_axis: int) -> Requantization | None:
+    """`op` as the output unit computes it, if it is a requantize it can:
+    one multiplier or one per output column, saturating to i8 with at most
+    a relu (the lower clamp at the zero point)."""
+    if not isinstance(op, quant.RequantizeOp):
+        return None
+    p = op.params()
+    lo, hi = quant.value_range(8)
+    per_channel = len(p["multiplier"]) > 1
+    if p["clamp"][1] != hi or p["clamp"][0] not in (lo, p["zero_point"]) \
+            or (per_channel and p["axis"] != channels_axis):
+        return None
+    return Requantization(tuple(p["multiplier"]), tuple(p["shift"]), p["zero_point"])
+
+
+def match_quant_epilogue(anchor: Operation, bias: SSAValue | None, channels_axis: int,
+                         constant_bias: bool) -> Epilogue:
+    """The i32 bias add (of a constant, if `constant_bias`) and the
+    requantization behind a quantized product, as far as the output unit
+    can take them."""
+    epilogue = Epilogue([anchor], anchor.results[0], bias)
+    found = epilogue.bias_add(channels_axis)
+    if found is not None and (not constant_bias or _constant(found[1]) is not None):
+        epilogue.absorb(*found)
+    user = _only_user(epilogue.result)
+    requant = _output_unit_requantization(user, channels_axis)
+    if requant is not None:
+        assert user is not None
+        epilogue.absorb(user)
+        epilogue.requant = requant
+        epilogue.relu = user.params()["clamp"][0] != quant.value_range(8)[0]  # type: ignore[attr-defined]
+    return epilogue
+
+
+def fold_input_zero_point(matrix: SSAValue, bias: SSAValue | None, zero_point: int,
+                          name: str | None) -> nn.ConstantOp:
+    """The i32 bias of a product whose input zero point the array does not
+    subtract: sum_k (x - zp) w = sum_k x w - zp sum_k w, so each column gets
+    -zp times the sum of its weights (wrapping in i32 like the sums)."""
+    weights = _constant(matrix)
+    assert weights is not None
+    correction = -zero_point * weights.array().astype(np.int64).sum(axis=-2).reshape(-1)
+    given = _constant(bias)
+    total = correction + (given.array().astype(np.int64).reshape(-1) if given is not None else 0)
+    wrapped = (total + (1 << 31)) % (1 << 32) - (1 << 31)
+    return nn.ConstantOp(wrapped, i32, name)
 
 
 def _layer_name(epilogue: Epilogue, kind: str, taken: set[str]) -> str:
@@ -178,8 +255,12 @@ def _layer_name(epilogue: Epilogue, kind: str, taken: set[str]) -> str:
 # --------------------------------------------------------------------------
 
 
+Operands = Callable[[], tuple[list[Operation], SSAValue, SSAValue | None]]
+"""Builds a gemm's operands on demand: new ops, the weight matrix, the bias."""
+
+
 class PlaceOnArray(RewritePattern):
-    """Base of the two rewrites: checks the dtype and the fit, builds the gemm."""
+    """Base of the rewrites: checks the dtype and the fit, builds the gemm."""
 
     def __init__(self, config: ArrayConfig, reasons: dict[Operation, str], names: set[str], fuse: bool):
         self.config = config
@@ -189,46 +270,73 @@ class PlaceOnArray(RewritePattern):
 
     def epilogue(self, anchor: nn.NNOperation, bias: SSAValue | None, channels_axis: int) -> Epilogue:
         if not self.fuse:
-            return Epilogue([anchor], anchor.result, bias, False)
+            return Epilogue([anchor], anchor.result, bias)
         return match_epilogue(anchor, bias, channels_axis)
 
-    def dtype_reason(self, op: nn.NNOperation) -> str | None:
-        dtype = nn.dtype_name(op.result.type.element_type)  # type: ignore[attr-defined]
+    def dtype_reason(self, dtype: str) -> str | None:
         allowed = [d for d in ARRAY_DTYPES if d in self.config.dtypes or d == "f32"]
         if dtype not in allowed:
             return f"{dtype} operands: the array multiplies {' and '.join(allowed)}"
         return None
 
-    def place(self, anchor: nn.NNOperation, x: SSAValue, epilogue: Epilogue, conv: ConvGeometry | None,
-              rewriter: PatternRewriter, weight_matrix) -> None:
-        """Replace `epilogue` by a gemm if a fold fits; else record why not.
-        `weight_matrix()` returns the ops making the weight matrix and its value."""
+    def place(self, anchor: Operation, x: SSAValue, epilogue: Epilogue, conv: ConvGeometry | None,
+              rewriter: PatternRewriter, operands: Operands, sizes: ElementBytes, pad_value: int = 0) -> None:
+        """Replace `epilogue` by a gemm if a fold fits; else record why not."""
         kind = anchor.name.removeprefix("nn.")
         result_type = epilogue.result.type
         assert isinstance(result_type, TensorType)
         problem = GemmProblem.of(_shape(x), w_matrix_shape(anchor, conv), result_type.get_shape(), conv)
-        element_bytes = nn.numpy_dtype(result_type.element_type).itemsize
         try:
-            make_plan(problem, self.config, element_bytes, epilogue.bias is not None)
+            make_plan(problem, self.config, sizes, pad_value)
         except NotOnArray as e:
             self.reasons[anchor] = str(e)
             return
-        new_ops, matrix = weight_matrix()
+        new_ops, matrix, bias = operands()
         fused = [op.name.removeprefix("nn.") for op in epilogue.ops]
-        gemm = GemmOp(x, matrix, epilogue.bias, result_type, layer=_layer_name(epilogue, kind, self.names),
-                      fused=fused, relu=epilogue.relu, conv=conv)
+        gemm = GemmOp(x, matrix, bias, result_type, layer=_layer_name(epilogue, kind, self.names),
+                      fused=fused, relu=epilogue.relu, conv=conv, pad_value=pad_value, requant=epilogue.requant)
         rewriter.insert([*new_ops, gemm], InsertPoint.after(epilogue.ops[-1]))
         rewriter.replace_all_uses_with(epilogue.result, gemm.result)
         for op in reversed(epilogue.ops):
             rewriter.erase(op)
 
 
-def w_matrix_shape(anchor: nn.NNOperation, conv: ConvGeometry | None) -> list[int]:
+def w_matrix_shape(anchor: Operation, conv: ConvGeometry | None) -> list[int]:
     w = _shape(anchor.operands[1])
     if conv is None:
         return w
     out_channels, in_per_group, kh, kw = w
     return [conv.groups, in_per_group * kh * kw, out_channels // conv.groups]
+
+
+def conv_geometry(op: nn.Conv2dOp | quant.Conv2dOp) -> ConvGeometry:
+    p = op.params()
+    kh, kw = _shape(op.operands[1])[2:]
+    return ConvGeometry((kh, kw), tuple(p["stride"]), tuple(p["padding"]), tuple(p["dilation"]), p["groups"])
+
+
+def conv_weight_matrix(op: nn.Conv2dOp | quant.Conv2dOp, conv: ConvGeometry) -> tuple[list[Operation], SSAValue]:
+    """The OIHW weights as the [groups, C/groups * kh * kw, N] matrix the
+    array reads: a new constant for constant weights, else a reshape and a
+    transpose on the host."""
+    w = op.operands[1]
+    groups, k, n = w_matrix_shape(op, conv)
+    owner = _constant(w)
+    if owner is not None:
+        array = np.ascontiguousarray(owner.array().reshape(groups, n, k).transpose(0, 2, 1))
+        name = f"{owner.param_name}.matrix" if owner.param_name else None
+        matrix = nn.ConstantOp(array, w.type.element_type, name)  # type: ignore[attr-defined]
+        matrix.result.name_hint = w.name_hint
+        return [matrix], matrix.result
+    grouped = nn.ReshapeOp.make([w], shape=[groups, n, k])
+    transposed = nn.TransposeOp.make([grouped], perm=[0, 2, 1])
+    return [grouped, transposed], transposed.result
+
+
+def _same_type_sizes(result: SSAValue, bias: SSAValue | None) -> ElementBytes:
+    """nn products: operands, bias and result share the result's type."""
+    element_type = result.type.element_type  # type: ignore[attr-defined]
+    return ElementBytes.of_types(element_type, element_type, element_type if bias is not None else None)
 
 
 class PlaceMatmul(PlaceOnArray):
@@ -239,14 +347,15 @@ class PlaceMatmul(PlaceOnArray):
         if op in self.reasons:
             return
         x, w = op.operands
-        reason = self.dtype_reason(op)
+        reason = self.dtype_reason(nn.dtype_name(op.result.type.element_type))  # type: ignore[attr-defined]
         if reason is None and len(_shape(w)) != 2:
-            reason = "batched weights: the array multiplies by one weight matrix at a time"
+            reason = BATCHED_WEIGHTS
         if reason is not None:
             self.reasons[op] = reason
             return
         epilogue = self.epilogue(op, None, len(_shape(op.result)) - 1)
-        self.place(op, x, epilogue, None, rewriter, lambda: ([], w))
+        self.place(op, x, epilogue, None, rewriter, lambda: ([], w, epilogue.bias),
+                   _same_type_sizes(epilogue.result, epilogue.bias))
 
 
 class PlaceConv2d(PlaceOnArray):
@@ -256,31 +365,98 @@ class PlaceConv2d(PlaceOnArray):
     def match_and_rewrite(self, op: nn.Conv2dOp, rewriter: PatternRewriter):
         if op in self.reasons:
             return
-        reason = self.dtype_reason(op)
+        reason = self.dtype_reason(nn.dtype_name(op.result.type.element_type))  # type: ignore[attr-defined]
         if reason is not None:
             self.reasons[op] = reason
             return
-        p = op.params()
-        kh, kw = _shape(op.operands[1])[2:]
-        conv = ConvGeometry((kh, kw), tuple(p["stride"]), tuple(p["padding"]), tuple(p["dilation"]), p["groups"])
-        bias = op.operands[2] if len(op.operands) == 3 else None
-        epilogue = self.epilogue(op, bias, 1)
+        conv = conv_geometry(op)
+        epilogue = self.epilogue(op, op.operands[2] if len(op.operands) == 3 else None, 1)
+
+        def operands():
+            return *conv_weight_matrix(op, conv), epilogue.bias
+
+        self.place(op, op.operands[0], epilogue, conv, rewriter, operands,
+                   _same_type_sizes(epilogue.result, epilogue.bias))
+
+
+class PlaceQuantized(PlaceOnArray):
+    """Base of the quantized rewrites: i8 x i8 products summed in i32.
+
+    The array multiplies the stored i8 values; the input zero point's share,
+    -zp * sum_k w[k, n], is a constant per column folded into the i32 bias at
+    compile time (convolution padding reads the zero point, so the share is
+    the same for every pixel). Weights must be symmetric: a weight zero
+    point would need a sum over each input row. The requantization behind
+    the product runs in the output unit."""
+
+    def quantized_reason(self, w: SSAValue, bias: SSAValue | None, input_zp: int, weight_zp: int) -> str | None:
+        reason = self.dtype_reason("i8")
+        if reason is None and weight_zp:
+            reason = "a weight zero point needs per-row sums of the input, which the array does not form"
+        if reason is None and input_zp and _constant(w) is None:
+            reason = "the input zero point's correction is folded into the bias, which needs constant weights"
+        if reason is None and input_zp and bias is not None and _constant(bias) is None:
+            reason = "the input zero point's correction is folded into the bias, which needs a constant bias"
+        return reason
+
+    def place_quantized(self, op: quant.MatmulOp | quant.Conv2dOp, bias: SSAValue | None, channels_axis: int,
+                        input_zp: int, conv: ConvGeometry | None, matrix: Callable[[], tuple[list[Operation], SSAValue]],
+                        rewriter: PatternRewriter) -> None:
+        if not self.fuse:
+            epilogue = Epilogue([op], op.result, bias)
+        else:
+            epilogue = match_quant_epilogue(op, bias, channels_axis, constant_bias=input_zp != 0)
+        has_bias = epilogue.bias is not None or input_zp != 0
+        per_channel = epilogue.requant is not None and epilogue.requant.per_channel
+        sizes = ElementBytes.of_types(i8, epilogue.result.type.element_type,  # type: ignore[attr-defined]
+                                      i32 if has_bias else None, per_channel)
+
+        def operands():
+            ops, weights = matrix()
+            if not input_zp:
+                return ops, weights, epilogue.bias
+            bias_op = _constant(epilogue.bias)
+            name = bias_op.param_name if bias_op is not None else _constant(op.operands[1]).param_name
+            folded = fold_input_zero_point(weights, epilogue.bias, input_zp, f"{name}.zp_folded" if name else None)
+            return [*ops, folded], weights, folded.result
+
+        self.place(op, op.operands[0], epilogue, conv, rewriter, operands, sizes, input_zp if conv else 0)
+
+
+class PlaceQuantMatmul(PlaceQuantized):
+    """`quant.matmul` with rank-2 weights, its i32 bias add and requantization."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: quant.MatmulOp, rewriter: PatternRewriter):
+        if op in self.reasons:
+            return
         w = op.operands[1]
+        p = op.params()
+        reason = BATCHED_WEIGHTS if len(_shape(w)) != 2 else self.quantized_reason(
+            w, None, p["lhs_zero_point"], p["rhs_zero_point"])
+        if reason is not None:
+            self.reasons[op] = reason
+            return
+        self.place_quantized(op, None, len(_shape(op.result)) - 1, p["lhs_zero_point"], None, lambda: ([], w),
+                             rewriter)
 
-        def weight_matrix() -> tuple[list[Operation], SSAValue]:
-            groups, k, n = w_matrix_shape(op, conv)
-            owner = w.owner
-            if isinstance(owner, nn.ConstantOp):
-                array = np.ascontiguousarray(owner.array().reshape(groups, n, k).transpose(0, 2, 1))
-                name = f"{owner.param_name}.matrix" if owner.param_name else None
-                matrix = nn.ConstantOp(array, w.type.element_type, name)  # type: ignore[attr-defined]
-                matrix.result.name_hint = w.name_hint
-                return [matrix], matrix.result
-            grouped = nn.ReshapeOp.make([w], shape=[groups, n, k])
-            transposed = nn.TransposeOp.make([grouped], perm=[0, 2, 1])
-            return [grouped, transposed], transposed.result
 
-        self.place(op, op.operands[0], epilogue, conv, rewriter, weight_matrix)
+class PlaceQuantConv2d(PlaceQuantized):
+    """`quant.conv2d` (with its i32 bias) and the requantization behind it."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: quant.Conv2dOp, rewriter: PatternRewriter):
+        if op in self.reasons:
+            return
+        p = op.params()
+        bias = op.operands[2] if len(op.operands) == 3 else None
+        reason = self.quantized_reason(op.operands[1], bias, p["input_zero_point"], p["weight_zero_point"])
+        if reason is not None:
+            self.reasons[op] = reason
+            return
+        conv = conv_geometry(op)
+        self.place_quantized(op, bias, 1, p["input_zero_point"], conv, lambda: conv_weight_matrix(op, conv),
+                             rewriter)
 
 
 # --------------------------------------------------------------------------
@@ -288,13 +464,21 @@ class PlaceConv2d(PlaceOnArray):
 # --------------------------------------------------------------------------
 
 
-def _host_reason(op: nn.NNOperation) -> str:
-    return f"{op.name.removeprefix('nn.')} is not a matrix product or convolution"
+CONVERSIONS = {
+    quant.QuantizeOp: "quant.quantize converts floats to integers, which the array does not",
+    quant.DequantizeOp: "quant.dequantize converts integers to floats, which the array does not",
+    quant.RequantizeOp: "quant.requantize runs in the output unit only right behind a product on the array",
+}
+
+
+def _host_reason(op: Operation) -> str:
+    return CONVERSIONS.get(type(op)) or f"{op.name.removeprefix('nn.')} is not a matrix product or convolution"
 
 
 @dataclass(frozen=True)
 class ConvertToSystolicPass(ModulePass):
-    """Put matmuls and convolutions (with bias and relu) on the systolic array; mark the rest for the host."""
+    """Put matmuls and convolutions (float, integer or quantized, with bias, relu or requantization)
+    on the systolic array; mark the rest for the host."""
 
     name = "convert-to-systolic"
 
@@ -308,7 +492,7 @@ class ConvertToSystolicPass(ModulePass):
     """ws, os or is, overriding the description's dataflow."""
 
     fuse_epilogues: bool = True
-    """Absorb bias adds and relus into the output unit (off: they run on the host)."""
+    """Absorb bias adds, relus and requantizations into the output unit (off: they run on the host)."""
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         existing = module_config(op)
@@ -319,11 +503,11 @@ class ConvertToSystolicPass(ModulePass):
         reasons: dict[Operation, str] = {}
         for function in models(op):
             names: set[str] = set()
+            patterns = (PlaceMatmul, PlaceConv2d, PlaceQuantMatmul, PlaceQuantConv2d)
             PatternRewriteWalker(
-                GreedyRewritePatternApplier([PlaceMatmul(config, reasons, names, self.fuse_epilogues),
-                                             PlaceConv2d(config, reasons, names, self.fuse_epilogues)]),
+                GreedyRewritePatternApplier([p(config, reasons, names, self.fuse_epilogues) for p in patterns]),
                 apply_recursively=False,
             ).rewrite_region(function.body)
             for inner in function.body.ops:
-                if isinstance(inner, nn.NNOperation):
+                if isinstance(inner, nn.InferredOperation):
                     inner.attributes[HOST_ATTR] = StringAttr(reasons.get(inner) or _host_reason(inner))

@@ -28,6 +28,11 @@ K = C/groups * kh * kw, N = output channels per group), but the matrix is
 never formed: X tiles are bands of input rows of the NCHW feature map and
 the array reads them through im2col views, so DRAM traffic and scratchpad
 space are those of the feature map. Pixel tiles never straddle two images.
+
+Operands have their own element sizes (`ElementBytes`): a quantized layer
+multiplies i8 tiles, adds an i32 bias, reads per-column requantization
+multipliers and shifts (`scales`, i32, resident beside the bias) and writes
+i8 or i32 outputs.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from xdsl.ir import Attribute
+
+from dialects import nn
 from dialects.systolic import (
     IM2COL_LIMITS,
     MAX_VIEW_EXTENT,
@@ -57,6 +65,29 @@ def _aligned(size: int) -> int:
 
 class NotOnArray(Exception):
     """The op cannot run on the array with this configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class ElementBytes:
+    """Bytes per element of a kernel's DRAM operands; 0 for one it does not have."""
+
+    operands: int  # x and w
+    output: int  # y
+    bias: int = 0
+    scales: int = 0  # per-column requantization multipliers and shifts
+
+    def of(self, operand: str) -> int:
+        return {"x": self.operands, "w": self.operands, "y": self.output, "bias": self.bias,
+                "scales": self.scales}[operand]
+
+    @staticmethod
+    def of_types(operand: Attribute, output: Attribute, bias: Attribute | None = None,
+                 per_channel: bool = False) -> ElementBytes:
+        def size(t: Attribute) -> int:
+            return nn.numpy_dtype(t).itemsize
+
+        return ElementBytes(size(operand), size(output), size(bias) if bias is not None else 0,
+                            ACC_BYTES if per_channel else 0)
 
 
 # --------------------------------------------------------------------------
@@ -84,15 +115,17 @@ class Box:
 
 @dataclass(frozen=True)
 class Layout:
-    """Shapes of the kernel's DRAM buffers (`x`, `w`, `bias`, `y`) and the
-    geometry needed to cut them.
+    """Shapes of the kernel's DRAM buffers (`x`, `w`, `bias`, `scales`, `y`)
+    and the geometry needed to cut them.
 
     Matmul: x [M, K], w [1, K, N], y [M, N]. Convolution: x [B, C, H, W],
-    w [groups, K, N], y [B, groups * N, OH * OW]. bias [groups * N].
+    w [groups, K, N], y [B, groups * N, OH * OW]. bias [groups * N],
+    scales [2, groups * N]. Convolution padding reads `pad_value`.
     """
 
     problem: GemmProblem
-    element_bytes: int
+    sizes: ElementBytes
+    pad_value: int = 0
 
     @property
     def conv(self):
@@ -113,18 +146,18 @@ class Layout:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         p = self.problem
+        columns = {"bias": (p.groups * p.n,), "scales": (2, p.groups * p.n)}
         if self.conv is None:
-            return {"x": (p.m, p.k), "w": (1, p.k, p.n), "bias": (p.n,), "y": (p.m, p.n)}
+            return {"x": (p.m, p.k), "w": (1, p.k, p.n), **columns, "y": (p.m, p.n)}
         b, _, oh, ow = p.output_shape
-        return {"x": p.input_shape, "w": (p.groups, p.k, p.n), "bias": (p.groups * p.n,),
-                "y": (b, p.groups * p.n, oh * ow)}
+        return {"x": p.input_shape, "w": (p.groups, p.k, p.n), **columns, "y": (b, p.groups * p.n, oh * ow)}
 
     def whole(self, operand: str) -> Box:
         shape = self.shapes()[operand]
         return Box(operand, (0,) * len(shape), shape)
 
     def bytes_of(self, operand: str) -> int:
-        return math.prod(self.shapes()[operand]) * self.element_bytes
+        return math.prod(self.shapes()[operand]) * self.sizes.of(operand)
 
     # -- X ------------------------------------------------------------------
 
@@ -182,7 +215,7 @@ class Layout:
             stride_h=conv.stride[0], stride_w=conv.stride[1],
             dilation_h=conv.dilation[0], dilation_w=conv.dilation[1],
             row0=conv.padding[0] + box.start[2], col0=conv.padding[1], band_h=h_box, band_w=w_box,
-            channel_stride=plane,
+            channel_stride=plane, pad_value=self.pad_value,
         )
 
     # -- W ------------------------------------------------------------------
@@ -245,6 +278,12 @@ def output_view(layout: Layout, panel: Panel) -> MatrixView:
 
 def bias_view(layout: Layout, panel: Panel) -> MatrixView:
     return MatrixView(1, panel.cols, panel.group * layout.problem.n + panel.n0, 0, 1)
+
+
+def scales_view(layout: Layout, panel: Panel) -> MatrixView:
+    """The panel's columns of the multipliers (row 0) and shifts (row 1)."""
+    p = layout.problem
+    return MatrixView(2, panel.cols, panel.group * p.n + panel.n0, p.groups * p.n, 1)
 
 
 # --------------------------------------------------------------------------
@@ -327,7 +366,6 @@ class Plan:
 
     layout: Layout
     config: ArrayConfig
-    has_bias: bool
     x_resident: bool
     w_resident: bool
     panel: int
@@ -338,9 +376,21 @@ class Plan:
     def problem(self) -> GemmProblem:
         return self.layout.problem
 
+    @property
+    def has_bias(self) -> bool:
+        return self.layout.sizes.bias > 0
+
+    @property
+    def has_scales(self) -> bool:
+        return self.layout.sizes.scales > 0
+
+    def column_boxes(self) -> list[Box]:
+        """The per-column operands the output unit reads: bias and scales, resident."""
+        return [self.layout.whole(name) for name, present in (("bias", self.has_bias), ("scales", self.has_scales))
+                if present]
 
     def resident_boxes(self) -> list[Box]:
-        boxes = [self.layout.whole("bias")] if self.has_bias else []
+        boxes = self.column_boxes()
         if self.x_resident:
             boxes.append(self.layout.whole("x"))
         if self.w_resident:
@@ -356,17 +406,18 @@ class Plan:
         operands, then 2 to `STREAM_SLOTS` slots for a streamed operand (as
         many as fit: the tile in use and the ones prefetched behind it); in
         the ofmap scratchpad `panel_slots` accumulator and output panels."""
-        resident = {box: box.elements * self.layout.element_bytes for box in self.resident_boxes()}
+        element = self.layout.sizes
+        resident = {box: box.elements * element.of(box.operand) for box in self.resident_boxes()}
         streamed = {"ifmap": 0, "filter": 0}
         acc = out = 0
         for step in self.steps():
             for operand in step_operands(step):
                 if operand.box not in resident:
                     level = operand.box.level
-                    streamed[level] = max(streamed[level], operand.box.elements * self.layout.element_bytes)
+                    streamed[level] = max(streamed[level], operand.box.elements * element.of(operand.box.operand))
             if isinstance(step, Finish):
                 acc = max(acc, step.panel.rows * step.panel.cols * ACC_BYTES)
-                out = max(out, step.panel.rows * step.panel.cols * self.layout.element_bytes)
+                out = max(out, step.panel.rows * step.panel.cols * element.output)
         sizes: dict[str, list[tuple[str, int]]] = {"ifmap": [], "filter": [], "ofmap": []}
         for box, size in resident.items():
             sizes[box.level].append((box.operand, size))
@@ -525,23 +576,23 @@ def _check_conv_limits(problem: GemmProblem) -> None:
             raise NotOnArray(f"the im2col unit handles {what} up to {IM2COL_LIMITS[what]}, this layer needs {value}")
 
 
-def make_plan(problem: GemmProblem, config: ArrayConfig, element_bytes: int, has_bias: bool) -> Plan:
+def make_plan(problem: GemmProblem, config: ArrayConfig, sizes: ElementBytes, pad_value: int = 0) -> Plan:
     """Residency and tile sizes for `problem`, or NotOnArray saying what does not fit.
 
     Panel and chunk sizes start from the largest the scratchpads could take
     and are halved until the exact footprint of the schedule fits.
     """
     _check_conv_limits(problem)
-    layout = Layout(problem, element_bytes)
-    bias_bytes = layout.bytes_of("bias") if has_bias else 0
+    layout = Layout(problem, sizes, pad_value)
+    columns = sum(_aligned(layout.bytes_of(name)) for name in ("bias", "scales") if sizes.of(name))
     x_resident = layout.bytes_of("x") <= config.ifmap_bytes
-    w_resident = bias_bytes + layout.bytes_of("w") <= config.filter_bytes
-    per_output = ACC_BYTES + element_bytes  # an accumulator and its post-processed value
+    w_resident = columns + layout.bytes_of("w") <= config.filter_bytes
+    per_output = ACC_BYTES + sizes.output  # an accumulator and its post-processed value
     row = {"ws": min(config.cols, problem.n), "is": min(config.cols, problem.m), "os": 1}[config.dataflow]
-    slots = panel_slots(config, element_bytes)
+    slots = panel_slots(config, sizes.output)
     panel = max(1, min(MAX_VIEW_EXTENT, config.ofmap_bytes // (slots * row * per_output)))
     chunk = max(problem.m, problem.n, problem.k)
-    plan = Plan(layout, config, has_bias, x_resident, w_resident, panel, chunk, slots)
+    plan = Plan(layout, config, x_resident, w_resident, panel, chunk, slots)
     while True:
         over = plan.overflow()
         if over is None:

@@ -13,7 +13,10 @@ works on the DRAM buffers of the operands:
 - a finished panel is post-processed by the output unit while the array goes
   on; its write-back starts once the unit is done (checked when the array
   next needs the slot, or at the next panel's end), and its buffers are
-  reused `panel_slots` panels later.
+  reused `panel_slots` panels later;
+- a requantized gemm's per-column multipliers and shifts become a constant
+  [2, columns] i32 operand of the kernel (`scales`), resident beside the bias
+  for the output unit; one multiplier and shift are immediates of the post.
 
 The schedule is fully unrolled: the backend turns it into the instruction
 stream one op at a time.
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 from xdsl.builder import Builder
 from xdsl.context import Context
 from xdsl.dialects import memref
@@ -50,6 +54,7 @@ from dialects.systolic import (
 from passes.systolic_schedule import (
     Box,
     Drain,
+    ElementBytes,
     NotOnArray,
     Panel,
     Plan,
@@ -60,6 +65,7 @@ from passes.systolic_schedule import (
     make_plan,
     output_box,
     output_view,
+    scales_view,
     step_operands,
 )
 
@@ -95,20 +101,46 @@ class PanelState:
     stored: SSAValue | None = None
 
 
+def _tensor_type(value: SSAValue) -> TensorType:
+    assert isinstance(value.type, TensorType)
+    return value.type
+
+
+def element_bytes(gemm: GemmOp) -> ElementBytes:
+    """The element sizes of a gemm's kernel operands."""
+    requant = gemm.requantization()
+    return ElementBytes.of_types(_tensor_type(gemm.x).element_type, _tensor_type(gemm.result).element_type,
+                                 _tensor_type(gemm.bias).element_type if gemm.bias is not None else None,
+                                 requant is not None and requant.per_channel)
+
+
+def scales_constant(gemm: GemmOp) -> nn.ConstantOp | None:
+    """The per-column multipliers (row 0) and shifts (row 1) of a gemm
+    requantized per channel, as the constant the output unit reads."""
+    requant = gemm.requantization()
+    if requant is None or not requant.per_channel:
+        return None
+    name = f"{gemm.layer.data}.scales"
+    return nn.ConstantOp(np.array([requant.multipliers, requant.shifts], np.int32), i32, name)
+
+
 class KernelEmitter:
     """Writes one gemm's schedule into a new kernel region."""
 
-    def __init__(self, gemm: GemmOp, plan: Plan):
+    def __init__(self, gemm: GemmOp, plan: Plan, scales: SSAValue | None):
         self.gemm = gemm
         self.plan = plan
         self.layout = plan.layout
-        result_type = gemm.result.type
-        assert isinstance(result_type, TensorType)
-        self.element_type = result_type.element_type
-        self.acc_type: Attribute = f32 if self.element_type == f32 else i32
+        self.scales = scales
+        self.types: dict[str, Attribute] = {
+            "x": _tensor_type(gemm.x).element_type, "w": _tensor_type(gemm.w).element_type,
+            "scales": i32, "y": _tensor_type(gemm.result).element_type}
+        if gemm.bias is not None:
+            self.types["bias"] = _tensor_type(gemm.bias).element_type
+        self.acc_type: Attribute = f32 if self.types["x"] == f32 else i32
         shapes = self.layout.shapes()
-        self.operands = ["x", "w", "bias"] if gemm.bias is not None else ["x", "w"]
-        self.block = Block(arg_types=[mem.memref_in("DRAM", list(shapes[name]), self.element_type)
+        self.operands = ["x", "w"] + [box.operand for box in plan.column_boxes()]
+        self.block = Block(arg_types=[mem.memref_in("DRAM", list(shapes[name]), self.types[name])
                                       for name in [*self.operands, "y"]])
         self.dram = dict(zip([*self.operands, "y"], self.block.args))
         self.builder = Builder(InsertPoint.at_end(self.block))
@@ -147,7 +179,7 @@ class KernelEmitter:
             region = f"slot{self.slot_turn[level] % self.slots[level]}"
             self.slot_turn[level] += 1
         source = self.dram_box(fetch.box)
-        fetch.buffer = self.alloc(level, fetch.box.size, self.element_type, region)
+        fetch.buffer = self.alloc(level, fetch.box.size, self.types[fetch.box.operand], region)
         fetch.token = self.builder.insert(mem.DmaStartOp(source, fetch.buffer)).token
 
     def wait(self, fetch: Fetch) -> None:
@@ -160,14 +192,13 @@ class KernelEmitter:
     def fetches(self, steps: list[Step]) -> tuple[list[Fetch], list[list[Fetch]], dict[Box, Fetch]]:
         """Every copy into a scratchpad in the order the steps need them, the
         copies each step reads (in `step_operands` order), and the resident
-        ones (fetched once; the bias first, for the output unit)."""
+        ones (fetched once; the output unit's bias and scales first)."""
         resident_boxes = set(self.plan.resident_boxes())
         fetches: list[Fetch] = []
         resident: dict[Box, Fetch] = {}
-        if self.plan.has_bias:
-            bias = self.layout.whole("bias")
-            resident[bias] = Fetch(0, bias, True)
-            fetches.append(resident[bias])
+        for box in self.plan.column_boxes():
+            resident[box] = Fetch(0, box, True)
+            fetches.append(resident[box])
         uses: list[list[Fetch]] = []
         for index, step in enumerate(steps):
             needed = []
@@ -183,10 +214,10 @@ class KernelEmitter:
 
     def run(self) -> KernelOp:
         config = self.plan.config
-        self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.element_type, self.acc_type))
+        self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.types["x"], self.acc_type))
         steps = list(self.plan.steps())
         fetches, uses, resident = self.fetches(steps)
-        bias = resident.get(self.layout.whole("bias"))
+        columns = {box.operand: resident[box] for box in self.plan.column_boxes()}
         pending = 0  # fetches[pending:] are not issued yet
         ahead = {"ifmap": 0, "filter": 0}  # streamed tiles issued before the step that needs them
         for index, step in enumerate(steps):
@@ -205,7 +236,7 @@ class KernelEmitter:
                 pending += 1
             for fetch in uses[index]:
                 self.wait(fetch)
-            self.emit(step, [fetch.buffer for fetch in uses[index]], bias)  # type: ignore[misc]
+            self.emit(step, [fetch.buffer for fetch in uses[index]], columns)  # type: ignore[misc]
             for fetch in uses[index]:
                 if not fetch.resident:
                     self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
@@ -218,8 +249,9 @@ class KernelEmitter:
         self.builder.insert(YieldOp())
         return self.kernel(steps)
 
-    def emit(self, step: Step, buffers: list[SSAValue], bias: Fetch | None) -> None:
-        """The array op of `step`, reading `buffers` (one per operand of the step)."""
+    def emit(self, step: Step, buffers: list[SSAValue], columns: dict[str, Fetch]) -> None:
+        """The array op of `step`, reading `buffers` (one per operand of the
+        step); a panel's post-processing reads the `columns` operands."""
         if isinstance(step, Preload):
             self.builder.insert(PreloadOp(buffers[0], step.source.view))
         elif isinstance(step, Stream):
@@ -229,7 +261,7 @@ class KernelEmitter:
         elif isinstance(step, Drain):
             self.builder.insert(DrainOp(self.accumulator(step.panel), step.view, step.accumulate))
         else:
-            self.finish(step.panel, bias)
+            self.finish(step.panel, columns)
 
     def accumulator(self, panel: Panel) -> SSAValue:
         """The panel's accumulators, allocated at its first drain once the
@@ -244,24 +276,38 @@ class KernelEmitter:
         assert acc is not None
         return acc
 
-    def finish(self, panel: Panel, bias: Fetch | None) -> None:
+    def finish(self, panel: Panel, columns: dict[str, Fetch]) -> None:
         """Post-process `panel` beside the array; write back the one before
         and free the output slot this panel reuses."""
-        if bias is not None:
-            self.wait(bias)
+        for fetch in columns.values():
+            self.wait(fetch)
         if panel.index - 1 in self.panels:
             self.write_back(panel.index - 1)
         if panel.index - self.plan.panel_slots in self.panels:
             self.release_out(panel.index - self.plan.panel_slots)
         state = self.panels[panel.index]
         state.box = output_box(self.layout, panel)
-        state.out = self.alloc("ofmap", state.box.size, self.element_type,
+        state.out = self.alloc("ofmap", state.box.size, self.types["y"],
                                f"out{panel.index % self.plan.panel_slots}")
-        mode = "none" if self.element_type == f32 else "wrap"
+        bias = columns.get("bias")
         post = PostprocessOp(state.acc, panel.acc_view(), state.out, output_view(self.layout, panel),  # type: ignore[arg-type]
-                             mode=mode, relu=self.gemm.relu is not None, bias=bias.buffer if bias else None,
-                             bias_view=bias_view(self.layout, panel) if bias else None)
+                             relu=self.gemm.relu is not None, bias=bias.buffer if bias else None,
+                             bias_view=bias_view(self.layout, panel) if bias else None,
+                             **self.conversion(panel, columns.get("scales")))
         state.posted = self.builder.insert(post).token
+
+    def conversion(self, panel: Panel, scales: Fetch | None) -> dict:
+        """How the output unit converts the sums: requantized (with one
+        multiplier and shift, or the panel's columns of `scales`), wrapped to
+        the integer result type, or kept (f32)."""
+        requant = self.gemm.requantization()
+        if requant is None:
+            return {"mode": "none" if self.acc_type == f32 else "wrap"}
+        if scales is None:
+            return {"mode": "requant", "requant": (requant.multipliers[0], requant.shifts[0], requant.zero_point)}
+        assert scales.buffer is not None
+        return {"mode": "requant",
+                "channel_requant": (scales.buffer, scales_view(self.layout, panel), requant.zero_point)}
 
     def write_back(self, index: int) -> None:
         """Wait for the panel's post-processing, free its accumulators and
@@ -289,7 +335,7 @@ class KernelEmitter:
     def kernel(self, steps: list[Step]) -> KernelOp:
         p = self.plan.problem
         gemm = self.gemm
-        inputs = [gemm.x, gemm.w] + ([gemm.bias] if gemm.bias is not None else [])
+        inputs = [gemm.x, gemm.w] + [v for v in (gemm.bias, self.scales) if v is not None]
         folds = sum(isinstance(step, Drain) for step in steps)
         result_type = gemm.result.type
         assert isinstance(result_type, TensorType)
@@ -313,12 +359,12 @@ class TileSystolicPass(ModulePass):
              "DRAM": config.dram_bytes})
         for function in models(op):
             for gemm in [o for o in function.body.ops if isinstance(o, GemmOp)]:
-                result_type = gemm.result.type
-                assert isinstance(result_type, TensorType)
-                element_bytes = nn.numpy_dtype(result_type.element_type).itemsize
                 try:
-                    plan = make_plan(gemm.problem(), config, element_bytes, gemm.bias is not None)
+                    plan = make_plan(gemm.problem(), config, element_bytes(gemm), gemm.padding_value())
                 except NotOnArray as e:
                     raise LoomError(f"layer '{gemm.layer.data}' does not fit the array: {e}") from None
-                kernel = KernelEmitter(gemm, plan).run()
+                scales = scales_constant(gemm)
+                if scales is not None:
+                    Rewriter.insert_op(scales, InsertPoint.before(gemm))
+                kernel = KernelEmitter(gemm, plan, scales.result if scales else None).run()
                 Rewriter.replace_op(gemm, kernel)

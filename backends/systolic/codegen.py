@@ -6,8 +6,8 @@ initial DRAM image. Each `systolic.kernel` is translated op by op: buffers
 live at the scratchpad offsets `tile-systolic` chose, a `mem.dma_start`
 becomes one or more 2-D `dma.load`/`dma.store` (dims that are contiguous on
 both sides are merged first), views become view-register loads, and the
-array ops map one to one. An nn op left for the host becomes a `host`
-instruction naming an entry of the host-call table.
+array ops map one to one. An nn or quant op left for the host becomes a
+`host` instruction naming an entry of the host-call table.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ class Place:
 
 @dataclass
 class HostCall:
-    """An nn op the host runs between accelerator instructions."""
+    """An nn or quant op the host runs between accelerator instructions."""
 
-    op: nn.NNOperation
+    op: nn.InferredOperation
     operands: list[Place]
     result: Place
 
@@ -240,7 +240,7 @@ class KernelTranslator:
         else:
             fields = {k: getattr(view, k) for k in (
                 "pixel0", "k0", "out_w", "kernel_h", "kernel_w", "stride_h", "stride_w", "dilation_h",
-                "dilation_w", "row0", "col0", "band_h", "band_w", "channel_stride", "transpose")}
+                "dilation_w", "row0", "col0", "band_h", "band_w", "channel_stride", "transpose", "pad_value")}
             instruction = isa.make("view.im2col", **common, **fields)
         self.emitter.set_view(slot, instruction)
 
@@ -263,6 +263,8 @@ class KernelTranslator:
         if op.bias is not None:
             self.view(isa.SLOT_BIAS, op.bias, op.bias_view)  # type: ignore[arg-type]
         self.view(isa.SLOT_OUT, op.out, op.out_view)
+        if op.scales is not None:
+            self.view(isa.SLOT_SCALES, op.scales, op.scales_view)  # type: ignore[arg-type]
         tag = self.emitter.next_tag()
         out_type = op.out.type.get_element_type()  # type: ignore[attr-defined]
         self.emit(isa.make(
@@ -270,7 +272,7 @@ class KernelTranslator:
             mode=isa.POST_MODES.index(op.mode.data), out_dtype=isa.DTYPES.index(_dtype_code(out_type)),
             multiplier=op.multiplier.value.data if op.multiplier else 0,
             shift=op.shift.value.data if op.shift else 0,
-            zero_point=op.zero_point.value.data if op.zero_point else 0))
+            zero_point=op.zero_point.value.data if op.zero_point else 0, per_channel=int(op.scales is not None)))
         self.tokens[op.token] = [tag]
 
 
@@ -318,7 +320,7 @@ class ProgramEmitter:
                 self.constants.append((self.place(op.result), op.array()))
             elif isinstance(op, sy.KernelOp):
                 self.kernel(op, compiled)
-            elif isinstance(op, nn.NNOperation):
+            elif isinstance(op, nn.InferredOperation):
                 self.host(op, compiled)
             elif isinstance(op, func.ReturnOp):
                 compiled.outputs = {spec.name: self.places[v] for spec, v in zip(self.signature.outputs, op.arguments)}
@@ -340,7 +342,7 @@ class ProgramEmitter:
         compiled.layers.append(Layer(op.layer.data, [s.data for s in op.fused], op.problem_values()))
         KernelTranslator(self, op, places).run(op)
 
-    def host(self, op: nn.NNOperation, compiled: Compiled) -> None:
+    def host(self, op: nn.InferredOperation, compiled: Compiled) -> None:
         call = HostCall(op, [self.places[v] for v in op.operands], self.place(op.result))
         self.program.append(isa.make("host", op=len(compiled.host_calls)))
         compiled.host_calls.append(call)

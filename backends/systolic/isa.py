@@ -14,9 +14,10 @@ Machine model, in short (docs/targets/systolic.md has the full semantics):
   DRAM and a scratchpad, each side with its own row stride. They are queued
   to the DMA engine and complete in the background; `wait tag=T` stalls the
   sequencer until the transfer (or `post`) tagged T has finished.
-- `view` and `view.im2col` load one of seven view registers (slots), which
+- `view` and `view.im2col` load one of eight view registers (slots), which
   say where an array op finds a matrix: 0 preload, 1 stream (left),
-  2 stream (top), 3 drain, 4 post accumulator, 5 post bias, 6 post output.
+  2 stream (top), 3 drain, 4 post accumulator, 5 post bias, 6 post output,
+  7 post scales (per-column requantization multipliers and shifts).
 - `preload`, `stream` and `drain` run on the array and hold the sequencer
   until they finish; `post` runs on the output unit beside it.
 - `layer` marks where a layer starts (for statistics); `host` hands DRAM to
@@ -24,7 +25,9 @@ Machine model, in short (docs/targets/systolic.md has the full semantics):
 
 The text form is one instruction per line, `mnemonic field=value ...`, with
 every field spelled out; `#` starts a comment. Enumerated fields take names
-(`spad=ifmap`, `dtype=f32`) or numbers.
+(`spad=ifmap`, `dtype=f32`) or numbers. Fields added to a format after its
+first version have a default (the old behaviour), which `make` and the
+assembler fill in when the field is not given.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ DATAFLOWS = ("ws", "os", "is")
 POST_MODES = ("none", "wrap", "requant")
 
 # View register slots.
-SLOT_PRELOAD, SLOT_LEFT, SLOT_TOP, SLOT_DRAIN, SLOT_ACC, SLOT_BIAS, SLOT_OUT = range(7)
+VIEW_SLOTS = 8
+SLOT_PRELOAD, SLOT_LEFT, SLOT_TOP, SLOT_DRAIN, SLOT_ACC, SLOT_BIAS, SLOT_OUT, SLOT_SCALES = range(VIEW_SLOTS)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Field:
     bits: int
     signed: bool = False
     names: tuple[str, ...] = ()  # symbolic values of an enumerated field
+    default: int | None = None  # for fields added later: the value that keeps the old meaning
 
     def check(self, value: int) -> None:
         low, high = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if self.signed else (0, (1 << self.bits) - 1)
@@ -93,13 +98,13 @@ FORMATS: tuple[Format, ...] = (
         Field("pixel0", 20), Field("k0", 20), Field("out_w", 12), Field("kernel_h", 4), Field("kernel_w", 4),
         Field("stride_h", 4), Field("stride_w", 4), Field("dilation_h", 4), Field("dilation_w", 4),
         Field("row0", 13), Field("col0", 8), Field("band_h", 12), Field("band_w", 12),
-        Field("channel_stride", 24), Field("transpose", 1))),
+        Field("channel_stride", 24), Field("transpose", 1), Field("pad_value", 8, signed=True, default=0))),
     Format(0x30, "preload", ()),
     Format(0x31, "stream", (Field("top", 1),)),
     Format(0x32, "drain", (Field("accumulate", 1),)),
     Format(0x33, "post", (Field("tag", 16), Field("bias", 1), Field("relu", 1), Field("mode", 2, names=POST_MODES),
                           Field("out_dtype", 4, names=DTYPES), Field("multiplier", 32), Field("shift", 6),
-                          Field("zero_point", 16, signed=True))),
+                          Field("zero_point", 16, signed=True), Field("per_channel", 1, default=0))),
 )
 
 BY_MNEMONIC = {f.mnemonic: f for f in FORMATS}
@@ -129,10 +134,15 @@ class Instruction:
         return {f.name: v for f, v in zip(self.format.fields, self.values)}
 
 
+def _with_defaults(fmt: Format, given: dict[str, int]) -> dict[str, int]:
+    return {f.name: f.default for f in fmt.fields if f.default is not None} | given
+
+
 def make(mnemonic: str, **fields: int) -> Instruction:
-    """Build an instruction; every field must be given and must fit."""
+    """Build an instruction; every field without a default must be given, and all must fit."""
     fmt = BY_MNEMONIC[mnemonic]
     names = [f.name for f in fmt.fields]
+    fields = _with_defaults(fmt, fields)
     if set(fields) != set(names):
         missing, extra = set(names) - set(fields), set(fields) - set(names)
         raise InternalError(f"{mnemonic}: missing fields {sorted(missing)}, unknown fields {sorted(extra)}")
@@ -258,6 +268,7 @@ def assemble(text: str, path: str = "<program>") -> list[Instruction]:
             except ValueError as e:
                 raise error(f"{mnemonic}: {e}", at, len(token)) from None
             given[field.name] = value
+        given = _with_defaults(fmt, given)
         missing = [f.name for f in fmt.fields if f.name not in given]
         if missing:
             raise error(f"{mnemonic} is missing {', '.join(missing)}", length=len(mnemonic))

@@ -10,16 +10,29 @@ accumulators; f32 tiles multiply and accumulate in float32.
 
 *In time*, with one clock per unit:
 
-- the sequencer issues in order; `wait` holds it until a tag completes;
+- the sequencer issues one instruction per cycle, in order; `wait` holds it
+  until a tag completes;
 - the array runs `preload` (R cycles: the stationary tile shifts in),
   `stream` (T cycles, one row per cycle) and `drain` (R + C - 2 cycles: the
-  skewed partial sums leave the array), holding the sequencer meanwhile, so
-  one fold takes 2R + C + T - 2 cycles (R + C + T - 2 output-stationary),
-  SCALE-Sim's count;
-- the DMA engine serves loads and stores in order at `dram_bytes_per_cycle`;
-  a transfer occupies it ceil(bytes / bandwidth) cycles and completes
-  `dram_latency` cycles later (the latency of consecutive transfers overlaps);
+  skewed partial sums leave the array) back to back, so one fold takes
+  2R + C + T - 2 cycles (R + C + T - 2 output-stationary), SCALE-Sim's
+  count. An array instruction waits for the array, not the sequencer, which
+  goes on issuing `view`s meanwhile. Results leave the array from the
+  stream's (R - 1)th cycle, and the array must know the drain's view by
+  then: the drain instruction is found by reading ahead one instruction per
+  cycle, and a drain more than R - 1 instructions after its stream holds the
+  array for the difference;
+- `dma.load`/`dma.store` and `post` enter a queue (QUEUE_DEPTH requests) of
+  the DMA engine or the output unit and start, in order, no earlier than the
+  cycle after they were issued and once the array has finished every
+  instruction issued before them;
+- the DMA engine moves `dram_bytes_per_cycle`: a transfer occupies it
+  ceil(bytes / bandwidth) cycles and completes `dram_latency` cycles later
+  (the latency of consecutive transfers overlaps);
 - the output unit post-processes C values per cycle beside the array.
+
+The RTL (`backends/systolic/rtl`) is built to this model and matches its
+cycle counts exactly.
 
 Cycles the array waits for data are stalls; the time the DMA engine works
 while the array computes is the overlap that double buffering buys. The
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -128,6 +142,42 @@ class _LayerClock:
     dma: list[tuple[int, int]] = field(default_factory=list)
 
 
+def fixed_point_scale(value: np.ndarray, multiplier, shift) -> np.ndarray:
+    """value * multiplier / 2^shift on int64, rounded half away from zero: add
+    2^(shift-1), less one for a negative product, then shift right (a shift of
+    0 adds nothing)."""
+    product = value * multiplier
+    half = np.left_shift(np.int64(1), np.maximum(shift, 1) - 1)
+    return (product + np.where(shift > 0, half - (product < 0), 0)) >> shift
+
+
+QUEUE_DEPTH = 4  # requests the DMA engine and the output unit each hold before the sequencer waits
+
+
+def _enqueue(starts: deque[int], issue: int) -> int:
+    """The first cycle from `issue` on at which a unit's queue has room: it
+    holds the requests issued before that cycle which have not started;
+    `starts` are the start cycles of earlier requests, in order."""
+    while starts and starts[0] < issue:
+        starts.popleft()
+    if len(starts) >= QUEUE_DEPTH:
+        issue = starts[len(starts) - QUEUE_DEPTH] + 1
+        while starts and starts[0] < issue:
+            starts.popleft()
+    return issue
+
+
+def _next_drains(program: list[isa.Instruction]) -> list[int | None]:
+    """For each position, where the next `drain` at or after it is."""
+    found: int | None = None
+    out: list[int | None] = [None] * len(program)
+    for position in reversed(range(len(program))):
+        if program[position].mnemonic == "drain":
+            found = position
+        out[position] = found
+    return out
+
+
 class Simulator:
     def __init__(self, config: ArrayConfig):
         self.config = config
@@ -177,7 +227,7 @@ class Simulator:
         index, valid = self.gathers[view]
         if index.size and base + int(index.max()) >= array.size:
             raise SimulationError("an im2col view leaves the scratchpad")
-        values = np.where(valid, array[base + index], 0)
+        values = np.where(valid, array[base + index], array.dtype.type(view["pad_value"]))
         return values.T if view["transpose"] else values
 
     def read(self, slot: int) -> np.ndarray:
@@ -206,13 +256,18 @@ class Simulator:
             host: Callable[[int], None] | None = None) -> Result:
         cfg = self.config
         rows, cols = cfg.rows, cfg.cols
-        self.views: list[isa.Instruction | None] = [None] * 7
+        self.views: list[isa.Instruction | None] = [None] * isa.VIEW_SLOTS
         self.floating = True
         dataflow = cfg.dataflow
         stationary: np.ndarray | None = None
         queue: list[np.ndarray] = []  # ws/is: results leaving the array, in order
         pe_acc: np.ndarray | None = None  # os: the accumulators in the PEs
-        t = dma_free = post_free = last_done = 0
+        # st: the cycle the sequencer can issue its next instruction; the
+        # others: when the array, the DMA engine and the output unit are free.
+        st = array_free = dma_free = post_free = last_done = 0
+        dma_starts: deque[int] = deque()
+        post_starts: deque[int] = deque()
+        drains = _next_drains(program)
         done: dict[int, int] = {}
         total = Counters()
         layers: list[_LayerClock] = []
@@ -220,6 +275,12 @@ class Simulator:
         clock = outside
         bandwidth, latency = cfg.dram_bytes_per_cycle, cfg.dram_latency
         started = time.perf_counter()
+
+        def issue_array(duration: int) -> int:
+            nonlocal st, array_free
+            start = max(st, array_free)
+            array_free, st = start + duration, start + 1
+            return start
 
         def close(clock: _LayerClock, end: int) -> None:
             clock.counters.cycles = end - clock.start
@@ -231,10 +292,14 @@ class Simulator:
                 c = clock.counters
                 if op in ("view", "view.im2col"):
                     self.views[ins["slot"]] = ins
+                    st += 1
                 elif op in ("dma.load", "dma.store"):
                     nbytes = ins["rows"] * ins["row_bytes"]
                     self.dma(ins, dram, op == "dma.load")
-                    start = max(t, dma_free)
+                    issue = _enqueue(dma_starts, st)
+                    start = max(issue + 1, array_free, dma_free)
+                    dma_starts.append(start)
+                    st = issue + 1
                     duration = math.ceil(nbytes / bandwidth)
                     dma_free = start + duration
                     done[ins["tag"]] = dma_free + latency
@@ -248,7 +313,7 @@ class Simulator:
                 elif op == "wait":
                     if ins["tag"] not in done:
                         raise SimulationError(f"wait for tag {ins['tag']}, which nothing has issued")
-                    t = max(t, done.pop(ins["tag"]))
+                    st = max(st, done.pop(ins["tag"])) + 1
                 elif op == "preload":
                     if dataflow == "os":
                         raise SimulationError("preload in an output-stationary dataflow")
@@ -256,8 +321,8 @@ class Simulator:
                     if stationary.shape[0] > rows or stationary.shape[1] > cols:
                         raise SimulationError(f"a {stationary.shape} tile does not fit the {rows}x{cols} array")
                     c.array_read_bytes += stationary.nbytes
-                    clock.array.append((t, t + rows))
-                    t += rows
+                    start = issue_array(rows)
+                    clock.array.append((start, start + rows))
                     c.fill_cycles += rows
                 elif op == "stream":
                     left = self.read(isa.SLOT_LEFT)
@@ -279,8 +344,13 @@ class Simulator:
                         queue.append(self.multiply(left, stationary))
                         length = left.shape[0]
                         c.macs += length * stationary.shape[0] * stationary.shape[1]
-                    clock.array.append((t, t + length))
-                    t += length
+                    # Results leave the array from its (rows - 1)th cycle on, and need the
+                    # drain's view: a drain further ahead than that holds the array.
+                    delay = 0
+                    if dataflow != "os" and length > rows - 1 and drains[position] is not None:
+                        delay = max(0, drains[position] - position - (rows - 1))
+                    start = issue_array(length + delay)
+                    clock.array.append((start, start + length + delay))
                     c.stream_cycles += length
                 elif op == "drain":
                     results = pe_acc if dataflow == "os" else (np.concatenate(queue) if queue else None)
@@ -296,13 +366,16 @@ class Simulator:
                     c.array_write_bytes += target.nbytes
                     queue, pe_acc = [], None
                     drain = rows + cols - 2
-                    clock.array.append((t, t + drain))
-                    t += drain
+                    start = issue_array(drain)
+                    clock.array.append((start, start + drain))
                     c.drain_cycles += drain
                     c.folds += 1
                 elif op == "post":
                     elements = self.post(ins, c)
-                    start = max(t, post_free)
+                    issue = _enqueue(post_starts, st)
+                    start = max(issue + 1, array_free, post_free)
+                    post_starts.append(start)
+                    st = issue + 1
                     post_free = start + math.ceil(elements / cols)
                     done[ins["tag"]] = post_free
                     last_done = max(last_done, post_free)
@@ -313,23 +386,29 @@ class Simulator:
                             f"the program is for a {ins['rows']}x{ins['cols']} {isa.DATAFLOWS[ins['dataflow']]} "
                             f"array, the simulator models {rows}x{cols} {dataflow}")
                     self.floating = isa.DTYPES[ins["acc_dtype"]] == "f32"
+                    st += 1
                 elif op == "layer":
+                    settled = max(st, array_free, last_done)
                     if clock is not outside:
-                        close(clock, max(t, last_done))
-                    clock = _LayerClock(Counters(), max(t, last_done))
+                        close(clock, settled)
+                    clock = _LayerClock(Counters(), settled)
                     layers.append(clock)
+                    st += 1
                 elif op == "host":
-                    t = max(t, last_done)  # the host sees DRAM once every transfer has landed
+                    settled = max(st, array_free, last_done)  # the host sees DRAM once every transfer has landed
+                    st = settled + 1
                     if clock is not outside:
-                        close(clock, t)
+                        close(clock, settled)
                         clock = outside
                     if host is not None:
                         host(ins["op"])
                 elif op == "halt":
                     break
+                else:
+                    st += 1
             except SimulationError as e:
                 raise SimulationError(f"instruction {position} ({op}): {e.message}") from None
-        end = max(t, last_done)
+        end = max(st, array_free, last_done)
         if clock is not outside:
             close(clock, end)
         for layer in layers:
@@ -358,7 +437,12 @@ class Simulator:
             outside[...] = inside
 
     def post(self, ins: isa.Instruction, c: Counters) -> int:
-        """`out = relu(convert(acc + bias))`; returns the number of outputs."""
+        """`out = relu(convert(acc + bias))`; returns the number of outputs.
+
+        Integer sums wrap to i32 as the unit's adder does. `requant` scales by
+        a fixed-point multiplier (one, or one per column read from view 7 when
+        `per_channel` is set), adds the zero point, saturates, and relu
+        clamps at the zero point."""
         acc = self.read(isa.SLOT_ACC)
         out = self.writable(isa.SLOT_OUT)
         if acc.shape != out.shape:
@@ -371,14 +455,14 @@ class Simulator:
                 raise SimulationError(f"the bias view must be 1x{acc.shape[1]}")
             value = value + (bias.astype(np.float32) if self.floating else bias.astype(np.int64))
             c.post_read_bytes += bias.size * bias.itemsize
+        if not self.floating:
+            value = value.astype(np.int32).astype(np.int64)
         dtype = NUMPY_DTYPES[isa.DTYPES[ins["out_dtype"]]]
         mode = isa.POST_MODES[ins["mode"]]
         floor = 0
-        if mode == "requant":  # quant.requantize, per tensor: ties round away from zero
-            shift = ins["shift"]
-            product = value * ins["multiplier"]
-            rounding = ((1 << (shift - 1)) - (product < 0)) if shift else 0
-            value = ((product + rounding) >> shift) + ins["zero_point"]
+        if mode == "requant":
+            multiplier, shift = self.requant_scales(ins, acc.shape[1], c)
+            value = fixed_point_scale(value, multiplier, shift) + ins["zero_point"]
             info = np.iinfo(dtype)
             value = np.clip(value, info.min, info.max)
             floor = ins["zero_point"]
@@ -388,3 +472,17 @@ class Simulator:
         out[...] = converted
         c.post_write_bytes += out.nbytes
         return acc.size
+
+    def requant_scales(self, ins: isa.Instruction, cols: int, c: Counters) -> tuple[np.ndarray, np.ndarray]:
+        """The multiplier and shift of each column: the instruction's, or row 0
+        and row 1 of the per-channel view (i32)."""
+        if not ins["per_channel"]:
+            return np.int64(ins["multiplier"]), np.int64(ins["shift"])
+        scales = self.read(isa.SLOT_SCALES)
+        if scales.shape != (2, cols) or scales.dtype != np.int32:
+            raise SimulationError(f"per-channel requantization reads a 2x{cols} i32 view of multipliers and shifts")
+        c.post_read_bytes += scales.nbytes
+        multiplier, shift = scales.astype(np.int64)
+        if np.any(multiplier < 0) or np.any((shift < 0) | (shift > 63)):
+            raise SimulationError("requantization multipliers must be non-negative and shifts in [0, 63]")
+        return multiplier, shift

@@ -174,11 +174,15 @@ def test_fold_timing_follows_the_dataflow() -> None:
     total = result.total
     assert (total.fill_cycles, total.stream_cycles, total.drain_cycles) == (4, 10, 4 + 4 - 2)
     assert total.folds == 1 and total.macs == 10 * 3 * 4
-    # 8 bytes per cycle, 10 cycles of latency: the weights (12 bytes) land at 2 + 10, the inputs
-    # (30 bytes, behind them on the channel) at 6 + 10. The preload waits for the weights (12),
-    # takes 4 cycles, then the inputs are there: 16 + 10 + 6.
-    assert total.cycles == 32
-    assert total.stall_cycles == 12
+    # One instruction issued per cycle; 8 bytes per cycle, 10 cycles of latency. The weights
+    # (12 bytes, issued at 1) move in cycles 2-3 and land at 14; the inputs (30 bytes, behind
+    # them) move in 4-7 and land at 18. The wait passes at 14, the view issues at 15, the
+    # preload runs 16-19; the inputs' wait passes at 18, the view at 19. The first stream runs
+    # from 20 for 6 cycles plus 1: its drain is 4 instructions ahead, one more than the R - 1
+    # cycles before results leave the array. The second stream follows at 27 (4 cycles), the
+    # drain at 31 (6 cycles): 37.
+    assert total.cycles == 37
+    assert total.stall_cycles == 17
 
 
 @pytest.mark.parametrize(
