@@ -9,6 +9,7 @@ _BUILTIN: dict[str, str] = {
     "cpu": "backends.cpu:CpuBackend",
     "interp": "backends.interp:InterpreterBackend",
     "systolic": "backends.systolic:SystolicBackend",
+    "pim": "backends.pim:PimBackend",
     "fpga": "backends.fpga:FpgaBackend",
 }
 

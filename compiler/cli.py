@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert an ONNX model to a .loom file and the .npz file of its params.")
     p.add_argument("file", help="an .onnx model")
     p.add_argument("-o", "--output", metavar="OUT.loom",
-                   help="output file (default: FILE with suffix .loom, in the current directory)")
+                   help="output file: .loom source, or .mlir for the IR, which quantized models need "
+                        "(default: FILE with suffix .loom, in the current directory)")
     p.add_argument("--weights-out", metavar="W.npz", help="weights file (default: OUT with suffix .npz)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a named dynamic input dim (repeatable)")

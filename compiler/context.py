@@ -9,6 +9,7 @@ from xdsl.dialects.builtin import Builtin
 from dialects.hls import HLS
 from dialects.mem import MEM
 from dialects.nn import NN
+from dialects.pim import PIM
 from dialects.systolic import SYSTOLIC
 from dialects.quant import QUANT
 
@@ -17,6 +18,6 @@ def make_context() -> Context:
     """A context with Loom's dialects and the upstream ones its lowerings use."""
     ctx = Context()
     for dialect in (Builtin, func.Func, arith.Arith, math.Math, scf.Scf, memref.MemRef,
-                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM, QUANT, SYSTOLIC, HLS):
+                    linalg.Linalg, tensor.Tensor, affine.Affine, vector.Vector, NN, MEM, QUANT, SYSTOLIC, HLS, PIM):
         ctx.load_dialect(dialect)
     return ctx

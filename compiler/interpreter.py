@@ -340,6 +340,11 @@ def _requantize(op, args):
     return quant.requantize_values(args[0], op.params())
 
 
+@kernel(quant.FloatRequantizeOp)
+def _requantize_float(op, args):
+    return quant.requantize_float_values(args[0], op.params())
+
+
 # --------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------

@@ -228,8 +228,9 @@ class UniformQuantAttr(ParametrizedAttribute):
 
 class QuantOperation(nn.InferredOperation, ABC):
     """Base of the quant ops, with the nn ops' protocol: `PARAMS` names the
-    properties (kinds as in nn, plus "quant" for a `#quant.uniform`), `infer`
-    gives the result type and canonical params and is the verifier too."""
+    properties (kinds as in nn, plus "quant" for a `#quant.uniform` and
+    "f32s" for an array of f32 values), `infer` gives the result type and
+    canonical params and is the verifier too."""
 
     inputs = var_operand_def(TensorType)
     result = result_def(TensorType)
@@ -240,11 +241,20 @@ class QuantOperation(nn.InferredOperation, ABC):
 
     @classmethod
     def param_to_attr(cls, kind: str, value: Any) -> Attribute:
-        return value if kind == "quant" else nn._to_attr(kind, value)
+        if kind == "quant":
+            return value
+        if kind == "f32s":
+            return DenseArrayBase.from_list(f32, [float(v) for v in np.asarray(value, np.float32).reshape(-1)])
+        return nn._to_attr(kind, value)
 
     @classmethod
     def param_from_attr(cls, kind: str, attr: Attribute) -> Any:
-        return attr if kind == "quant" else nn._from_attr(kind, attr)
+        if kind == "quant":
+            return attr
+        if kind == "f32s":
+            assert isinstance(attr, DenseArrayBase)
+            return [float(v) for v in attr.get_values()]
+        return nn._from_attr(kind, attr)
 
 
 def _require(op: str, t: TensorType, element_type: Attribute) -> None:
@@ -381,27 +391,68 @@ class RequantizeOp(QuantOperation):
         shape = acc.get_shape()
         axis = nn.normalize_axis(axis, len(shape)) if shape else 0
         count = len(multiplier)
-        if count != len(shift) or count not in {1, shape[axis] if shape else 1}:
+        if count != len(shift) or not _per_channel_count(count, shape, axis):
             raise ShapeError(
                 f"requantize needs one multiplier and shift, or one per index of dim {axis} of {format_type(acc)}"
             )
         if any(not 0 <= m < 1 << 31 for m in multiplier) or any(not 1 <= s <= MAX_SHIFT for s in shift):
             raise ShapeError(f"requantize multipliers must lie in [0, 2^31) and shifts in [1, {MAX_SHIFT}]")
-        lo, hi = value_range(8)
-        if len(clamp) != 2 or not lo <= clamp[0] <= clamp[1] <= hi:
-            raise ShapeError(f"requantize clamp must be [min, max] within [{lo}, {hi}], got {list(clamp)}")
         return tensor(i8, shape), {
             "multiplier": [int(m) for m in multiplier],
             "shift": [int(s) for s in shift],
             "axis": axis,
-            "zero_point": _require_zero_point("requantize zero_point", zero_point),
-            "clamp": [int(c) for c in clamp],
-        }
+        } | _requantize_output("requantize", zero_point, clamp)
+
+
+def _per_channel_count(count: int, shape: Sequence[int], axis: int) -> bool:
+    """Whether `count` values are one, or one per index of dim `axis`."""
+    return count in {1, shape[axis] if shape else 1}
+
+
+def _requantize_output(op: str, zero_point: int, clamp: Sequence[int]) -> dict[str, Any]:
+    """The checked zero point and clamp of an op producing i8 values."""
+    lo, hi = value_range(8)
+    if len(clamp) != 2 or not lo <= clamp[0] <= clamp[1] <= hi:
+        raise ShapeError(f"{op} clamp must be [min, max] within [{lo}, {hi}], got {list(clamp)}")
+    return {"zero_point": _require_zero_point(f"{op} zero_point", zero_point), "clamp": [int(c) for c in clamp]}
+
+
+@irdl_op_definition
+class FloatRequantizeOp(QuantOperation):
+    """i32 -> i8 by an f32 factor, as onnxruntime's QLinear kernels and most
+    CPU int8 libraries requantize:
+
+        clamp(round_half_even(f32(acc) * scale) + zero_point, clamp[0], clamp[1])
+
+    `f32(acc)` rounds to nearest (ties to even) and the product is one f32
+    multiplication; `scale` holds one value, or one per index of dim `axis`.
+    Integer-only hardware uses `quant.requantize` instead."""
+
+    name = "quant.requantize_float"
+    PARAMS: ClassVar[dict[str, str]] = {"scale": "f32s", "axis": "int", "zero_point": "int", "clamp": "ints"}
+    scale = prop_def(DenseArrayBase)
+    axis = prop_def(IntegerAttr)
+    zero_point = prop_def(IntegerAttr)
+    clamp = prop_def(DenseArrayBase)
+
+    @classmethod
+    def infer(cls, types, scale=(), axis=0, zero_point=0, clamp=(-128, 127)):
+        (acc,) = types
+        _require("requantize_float", acc, i32)
+        shape = acc.get_shape()
+        axis = nn.normalize_axis(axis, len(shape)) if shape else 0
+        scale = np.asarray(scale, np.float32).reshape(-1)
+        if not _per_channel_count(scale.size, shape, axis):
+            raise ShapeError(f"requantize_float needs one scale, or one per index of dim {axis} of {format_type(acc)}")
+        if not np.all(np.isfinite(scale) & (scale >= 0)):
+            raise ShapeError("requantize_float scales must be finite and not negative")
+        output = _requantize_output("requantize_float", zero_point, clamp)
+        return tensor(i8, shape), {"scale": scale, "axis": axis} | output
 
 
 QUANT = Dialect(
     "quant",
-    [QuantizeOp, DequantizeOp, MatmulOp, Conv2dOp, RequantizeOp],
+    [QuantizeOp, DequantizeOp, MatmulOp, Conv2dOp, RequantizeOp, FloatRequantizeOp],
     [UniformQuantAttr],
 )
 
@@ -458,6 +509,30 @@ def requantize_values(acc: np.ndarray, op_params: dict[str, Any]) -> np.ndarray:
     scaled = rounding_shift(acc * multiplier, shift) + op_params["zero_point"]
     lo, hi = op_params["clamp"]
     return np.clip(scaled, lo, hi)
+
+
+def _along_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """Per-channel `values` shaped to broadcast along dim `axis` of a rank-`rank` tensor."""
+    if values.size == 1:
+        return values.reshape(())
+    view = [1] * rank
+    view[axis] = values.size
+    return values.reshape(view)
+
+
+def requantize_float_values(acc: np.ndarray, op_params: dict[str, Any]) -> np.ndarray:
+    """quant.requantize_float on int32 accumulators given the op's params.
+
+    Clamping before rounding, at bounds shifted by the zero point (integers),
+    gives the same values as rounding first and keeps huge products finite."""
+    acc = np.asarray(acc)
+    scale = _along_axis(np.asarray(op_params["scale"], np.float32), acc.ndim, op_params["axis"])
+    zero_point = op_params["zero_point"]
+    lo, hi = op_params["clamp"]
+    with np.errstate(over="ignore"):
+        scaled = acc.astype(np.int32).astype(np.float32) * scale
+    clamped = np.clip(scaled, np.float32(lo - zero_point), np.float32(hi - zero_point))
+    return np.rint(clamped).astype(np.int64) + zero_point
 
 
 def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

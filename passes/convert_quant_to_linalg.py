@@ -5,7 +5,8 @@ quantized model gives the same integers on every target as in the reference
 interpreter: matmul and convolution multiply zero-point-shifted i8 values
 and accumulate in i32; requantization multiplies by a 31-bit fixed-point
 multiplier in i64 and rounds with an add and an arithmetic shift; only
-quantize and dequantize touch floats. Per-block scales, zero points and
+quantize, dequantize and the f32 requantization of imported ONNX models
+(`quant.requantize_float`) touch floats. Per-block scales, zero points and
 per-channel multipliers become constant tensors read through indexing maps
 (`d floordiv block` for a grouped dim), never expanded to the data's shape.
 
@@ -206,12 +207,44 @@ class LowerRequantize(RewritePattern):
         replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape, i8, body))
 
 
+class LowerFloatRequantize(RewritePattern):
+    """requantize_float: convert to f32, multiply by the scale, clamp at the
+    bounds less the zero point (maxnum/minnum), round half to even, convert
+    back and add the zero point. Per-channel scales are an f32 tensor read
+    along the channel dim."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: quant.FloatRequantizeOp, rewriter: PatternRewriter):
+        (acc,) = op.operands
+        shape = shape_of(acc)
+        rank = len(shape)
+        p = op.params()
+        per_channel = len(p["scale"]) > 1
+        inputs = [(acc, identity_map(rank))]
+        if per_channel:
+            channel = affine_map(rank, [AffineExpr.dimension(p["axis"])])
+            inputs.append((_constant(rewriter, np.array(p["scale"], np.float32), f32), channel))
+        zero_point = p["zero_point"]
+        lo, hi = p["clamp"]
+
+        def body(s: ScalarBuilder, value: SSAValue, *args: SSAValue) -> SSAValue:
+            scale = args[0] if per_channel else s.constant(p["scale"][0], f32)
+            product = s.mul(s.emit(arith.SIToFPOp(value, f32)), scale)
+            low = s.emit(arith.MaxnumfOp(product, s.constant(lo - zero_point, f32)))
+            clamped = s.emit(arith.MinnumfOp(low, s.constant(hi - zero_point, f32)))
+            rounded = s.emit(arith.FPToSIOp(s.emit(math.RoundEvenOp(clamped)), i32))
+            return s.cast(s.add(rounded, zero_point), i8)
+
+        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape, i8, body))
+
+
 QUANT_LOWERINGS: tuple[RewritePattern, ...] = (
     LowerQuantize(),
     LowerDequantize(),
     LowerQuantMatmul(),
     LowerQuantConv2d(),
     LowerRequantize(),
+    LowerFloatRequantize(),
 )
 
 

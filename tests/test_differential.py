@@ -13,7 +13,7 @@ import compiler
 from compiler.artifact import random_inputs
 from harness import SAMPLES, compiled
 
-TARGETS = ["cpu", "interp", "systolic"]
+TARGETS = ["cpu", "interp", "systolic", "pim"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -21,9 +21,11 @@ from pathlib import Path
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.utils.exceptions import VerifyException
 
+from compiler.context import make_context
 from compiler.diagnostics import InternalError, LoomError
 from compiler.files import write_atomic
 from compiler.loom_writer import is_identifier, to_identifier, write_loom
+from compiler.onnx import quant_ops  # noqa: F401  (registers the quantization converters)
 from compiler.onnx.fold import foldable_nodes
 from compiler.onnx.graph import GraphImporter
 from compiler.onnx.model import (
@@ -36,6 +38,8 @@ from compiler.onnx.model import (
     load,
 )
 from compiler.onnx.ops import CONVERTERS, PLANNED
+from dialects.quant import QuantOperation
+from passes.fuse_qdq import FuseQdqPass
 
 __all__ = ["import_onnx", "import_to_loom", "supported_operators"]
 
@@ -62,6 +66,7 @@ def import_onnx(
     name = _model_name(model_name, stem or model.graph.name)
     function = GraphImporter(model, opset, inputs, shapes, name, CONVERTERS, folded).build()
     module = ModuleOp([function])
+    FuseQdqPass().apply(make_context(), module)  # QDQ models compute on integers
     try:
         module.verify()
     except VerifyException as e:
@@ -86,10 +91,19 @@ def import_to_loom(
     dims: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """`loom import`: write the model as .loom source and its params as an
-    .npz file (default: beside the source, with the suffix .npz). Returns the
-    files written."""
+    .npz file (default: beside the source, with the suffix .npz), or, for an
+    output ending in .mlir, as nn-level IR with its params inline (quantized
+    models can only be written so). Returns the files written."""
     module = import_onnx(onnx_path, model_name, dims)
     loom_path = Path(loom_path)
+    if loom_path.suffix == ".mlir":
+        write_atomic(loom_path, str(module) + "\n")
+        return [loom_path]
+    if any(isinstance(op, QuantOperation) for op in module.walk()):
+        raise LoomError(
+            "the model computes with quantized integers, which .loom source cannot express; "
+            f"write its IR instead (-o {loom_path.with_suffix('.mlir')})"
+        )
     weights = Path(weights_path) if weights_path is not None else loom_path.with_suffix(".npz")
     write_atomic(loom_path, write_loom(module, weights))
     return [loom_path, weights]

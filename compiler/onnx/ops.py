@@ -40,12 +40,7 @@ def converts(*op_types: str) -> Callable[[Converter], Converter]:
 
 
 # Operators without a converter yet, and why; the reason is shown to users.
-PLANNED = {
-    "QuantizeLinear": "needs the quant dialect",
-    "DequantizeLinear": "needs the quant dialect",
-    "QLinearMatMul": "needs the quant dialect",
-    "QLinearConv": "needs the quant dialect",
-}
+PLANNED: dict[str, str] = {}
 
 
 def _axis(node: NodeContext, axis: int, rank: int) -> int:
