@@ -1,19 +1,12 @@
-"""Target names -> backend classes, declared and loaded like passes."""
+"""Target names -> backend classes: `loom.backends` entry points (Loom's own
+in its pyproject.toml) and runtime registrations, loaded like passes."""
 
 from __future__ import annotations
 
 from backends.base import Backend
 from compiler.plugins import Registry
 
-_BUILTIN: dict[str, str] = {
-    "cpu": "backends.cpu:CpuBackend",
-    "interp": "backends.interp:InterpreterBackend",
-    "systolic": "backends.systolic:SystolicBackend",
-    "pim": "backends.pim:PimBackend",
-    "fpga": "backends.fpga:FpgaBackend",
-}
-
-BACKENDS: Registry[Backend] = Registry("loom.backends", _BUILTIN)
+BACKENDS: Registry[Backend] = Registry("loom.backends")
 
 register_backend = BACKENDS.register
 get_backend = BACKENDS.get

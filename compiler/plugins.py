@@ -1,11 +1,12 @@
 """Name -> class registries fed by Python entry points and runtime registration.
 
 Loom's own passes and targets are declared exactly like a plugin's: as
-entry points (`loom.passes`, `loom.backends` in pyproject.toml). A registry
-imports a class only when it is first asked for, so listing names and
-`loom --help` stay cheap. Runtime registration (`register`) wins over an
-entry point of the same name, so a test or an embedding tool can override a
-built-in.
+entry points (`loom.passes`, `loom.backends` in Loom's pyproject.toml), so
+there is one way in, and `loom passes` / `loom targets` list built-ins and
+plugins alike. A registry imports a class only when it is first asked for,
+so listing names and `loom --help` stay cheap. Runtime registration
+(`register`) wins over an entry point of the same name, so a test or an
+embedding tool can override a built-in.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, group: str, builtins: dict[str, str], descriptions: dict[str, str] | None = None):
+    def __init__(self, group: str, descriptions: dict[str, str] | None = None):
         self.group = group
-        self._builtins = builtins  # name -> "module:attr"
         self._descriptions = descriptions or {}  # for classes that carry none
         self._registered: dict[str, type[T]] = {}
         self._entry_points: dict[str, str] | None = None
 
     def _declared(self) -> dict[str, str]:
+        """name -> "module:attr" of every entry point in the group."""
         if self._entry_points is None:
             self._entry_points = {ep.name: ep.value for ep in entry_points(group=self.group)}
-        return {**self._builtins, **self._entry_points}
+            if not self._entry_points:
+                raise LoomError(
+                    f"no {self.group} entry points are installed, not even Loom's own: "
+                    "install Loom (`pip install -e .`, or `make test`) rather than running it from the source tree"
+                )
+        return self._entry_points
 
     def register(self, cls: type[T]) -> type[T]:
         """Make `cls` available under `cls.name`; usable as a decorator."""
