@@ -61,7 +61,7 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute, Data, Dialect, Operation
+from xdsl.ir import Attribute, Dialect, Operation
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -74,12 +74,11 @@ from xdsl.irdl import (
     traits_def,
     var_operand_def,
 )
-from xdsl.parser import AttrParser
-from xdsl.printer import Printer
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
 from dialects import nn
+from dialects.record_attr import RecordAttr
 
 CONFIG_ATTR = "pim.config"
 ENGINE_ATTR = "pim.engine"  # on nn ops left for the host: why they are not on PIM
@@ -349,34 +348,16 @@ class Layout:
 
 
 @irdl_attr_definition
-class LayoutAttr(Data[tuple[int, ...]]):
+class LayoutAttr(RecordAttr):
     """A layout's integers, printed by name: `#pim.layout<m = 1, k = 784, ...>`."""
 
     name = "pim.layout"
-
-    @classmethod
-    def parse_parameter(cls, parser: AttrParser) -> tuple[int, ...]:
-        names = [f.name for f in fields(Layout)]
-        values: dict[str, int] = {}
-
-        def entry() -> None:
-            key = parser.parse_identifier()
-            parser.parse_punctuation("=")
-            values[key] = parser.parse_integer()
-
-        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
-        if list(values) != names:
-            parser.raise_error(f"#pim.layout takes {', '.join(names)}, in this order")
-        return tuple(values.values())
-
-    def print_parameter(self, printer: Printer) -> None:
-        names = [f.name for f in fields(Layout)]
-        printer.print_string("<" + ", ".join(f"{k} = {v}" for k, v in zip(names, self.data)) + ">")
+    RECORD = Layout
 
     def layout(self) -> Layout:
-        if len(self.data) != len(fields(Layout)):
-            raise VerifyException(f"#pim.layout needs {len(fields(Layout))} values, got {len(self.data)}")
-        layout = Layout(*self.data)
+        if len(self.data) != len(self.field_names()):
+            raise VerifyException(f"#pim.layout needs {len(self.field_names())} values, got {len(self.data)}")
+        layout = self.record()
         layout.check()
         return layout
 

@@ -43,7 +43,6 @@ from abc import ABC
 from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from functools import cache
-from typing import ClassVar
 
 from xdsl.dialects.builtin import (
     ArrayAttr,
@@ -61,7 +60,7 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute, Data, Dialect, Operation, Region, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
@@ -78,14 +77,13 @@ from xdsl.irdl import (
     var_operand_def,
     var_result_def,
 )
-from xdsl.parser import AttrParser
-from xdsl.printer import Printer
 from xdsl.traits import IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from dialects import nn
 from dialects.mem import TokenType
 from dialects.quant import MAX_SHIFT
+from dialects.record_attr import RecordAttr
 
 CONFIG_ATTR = "systolic.config"
 HOST_ATTR = "systolic.host"  # on nn ops left for the host: why they are not on the array
@@ -267,44 +265,23 @@ class Im2colView:
 View = MatrixView | Im2colView
 
 
-class ViewAttr(Data[tuple[int, ...]], ABC):
+class ViewAttr(RecordAttr, ABC):
     """A view's integers, printed by name: `#systolic.matrix<rows = 4, cols = 8, ...>`."""
 
-    VIEW: ClassVar[type]
-
-    @classmethod
-    def parse_parameter(cls, parser: AttrParser) -> tuple[int, ...]:
-        names = [f.name for f in fields(cls.VIEW)]
-        values: dict[str, int] = {}
-
-        def entry() -> None:
-            key = parser.parse_identifier()
-            parser.parse_punctuation("=")
-            values[key] = parser.parse_integer()
-
-        parser.parse_comma_separated_list(parser.Delimiter.ANGLE, entry)
-        if list(values) != names:
-            parser.raise_error(f"#{cls.name} takes {', '.join(names)}, in this order")
-        return tuple(values.values())
-
-    def print_parameter(self, printer: Printer) -> None:
-        names = [f.name for f in fields(self.VIEW)]
-        printer.print_string("<" + ", ".join(f"{k} = {v}" for k, v in zip(names, self.data)) + ">")
-
     def view(self) -> View:
-        return self.VIEW(*self.data)
+        return self.record()
 
 
 @irdl_attr_definition
 class MatrixViewAttr(ViewAttr):
     name = "systolic.matrix"
-    VIEW = MatrixView
+    RECORD = MatrixView
 
 
 @irdl_attr_definition
 class Im2colViewAttr(ViewAttr):
     name = "systolic.im2col"
-    VIEW = Im2colView
+    RECORD = Im2colView
 
 
 def view_shape(view: View) -> tuple[int, int]:
@@ -314,8 +291,8 @@ def view_shape(view: View) -> tuple[int, int]:
 def view_from_attr(attr: Attribute) -> View:
     if not isinstance(attr, ViewAttr):
         raise VerifyException(f"expected a #systolic.matrix or #systolic.im2col view, got {attr}")
-    if len(attr.data) != len(fields(attr.VIEW)):
-        raise VerifyException(f"#{attr.name} needs {len(fields(attr.VIEW))} values, got {len(attr.data)}")
+    if len(attr.data) != len(attr.field_names()):
+        raise VerifyException(f"#{attr.name} needs {len(attr.field_names())} values, got {len(attr.data)}")
     view = attr.view()
     if min(view.shape()) < 1 or (isinstance(view, Im2colView) and min(
             view.out_w, view.kernel_h, view.kernel_w, view.stride_h, view.stride_w,
