@@ -169,6 +169,16 @@ class LowerQuantConv2d(RewritePattern):
         replace_lowered(rewriter, op, result)
 
 
+def _with_channel_vectors(
+    rewriter: PatternRewriter, acc: SSAValue, axis: int, vectors: list[tuple[np.ndarray, Attribute]]
+) -> list[tuple[SSAValue, AffineMap]]:
+    """The accumulator, read point by point, then per-channel constants read
+    along `axis` (none for a per-tensor op)."""
+    rank = len(shape_of(acc))
+    channel = affine_map(rank, [AffineExpr.dimension(axis)])
+    return [(acc, identity_map(rank))] + [(_constant(rewriter, array, t), channel) for array, t in vectors]
+
+
 class LowerRequantize(RewritePattern):
     """requantize in i64: acc * multiplier, plus 2^(shift-1), minus one when
     negative (the product shifted right by 63), shifted right by `shift`;
@@ -178,17 +188,10 @@ class LowerRequantize(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: quant.RequantizeOp, rewriter: PatternRewriter):
         (acc,) = op.operands
-        shape = shape_of(acc)
-        rank = len(shape)
         p = op.params()
         per_channel = len(p["multiplier"]) > 1
-        inputs = [(acc, identity_map(rank))]
-        if per_channel:
-            channel = affine_map(rank, [AffineExpr.dimension(p["axis"])])
-            inputs += [
-                (_constant(rewriter, np.array(p["multiplier"]), i32), channel),
-                (_constant(rewriter, np.array(p["shift"]), i32), channel),
-            ]
+        vectors = [(np.array(p["multiplier"]), i32), (np.array(p["shift"]), i32)] if per_channel else []
+        inputs = _with_channel_vectors(rewriter, acc, p["axis"], vectors)
         lo, hi = p["clamp"]
 
         def body(s: ScalarBuilder, value: SSAValue, *args: SSAValue) -> SSAValue:
@@ -204,7 +207,7 @@ class LowerRequantize(RewritePattern):
             low = s.max(s.add(rounded, p["zero_point"]), lo)
             return s.emit(arith.MinSIOp(low, s.constant(hi, i64)))
 
-        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape, i8, body))
+        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape_of(acc), i8, body))
 
 
 class LowerFloatRequantize(RewritePattern):
@@ -216,14 +219,10 @@ class LowerFloatRequantize(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: quant.FloatRequantizeOp, rewriter: PatternRewriter):
         (acc,) = op.operands
-        shape = shape_of(acc)
-        rank = len(shape)
         p = op.params()
         per_channel = len(p["scale"]) > 1
-        inputs = [(acc, identity_map(rank))]
-        if per_channel:
-            channel = affine_map(rank, [AffineExpr.dimension(p["axis"])])
-            inputs.append((_constant(rewriter, np.array(p["scale"], np.float32), f32), channel))
+        vectors = [(np.array(p["scale"], np.float32), f32)] if per_channel else []
+        inputs = _with_channel_vectors(rewriter, acc, p["axis"], vectors)
         zero_point = p["zero_point"]
         lo, hi = p["clamp"]
 
@@ -235,7 +234,7 @@ class LowerFloatRequantize(RewritePattern):
             rounded = s.emit(arith.FPToSIOp(s.emit(math.RoundEvenOp(clamped)), i32))
             return s.cast(s.add(rounded, zero_point), i8)
 
-        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape, i8, body))
+        replace_lowered(rewriter, op, elementwise(rewriter, inputs, shape_of(acc), i8, body))
 
 
 QUANT_LOWERINGS: tuple[RewritePattern, ...] = (
