@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "traffic, and memory figures (writes no file unless -o or --emit is given)")
     p.add_argument("--emit", default=None,
                    help="what to write: nn (nn-level IR), ir (lowered IR), or a target kind "
-                        "such as llvm, asm, obj, shared (default: the target's first kind)")
+                        "such as llvm, asm, obj, shared, verilog (a directory) (default: the target's first kind)")
 
     p = sub.add_parser("run", help="compile and run a model",
                        description="Compile a model, run it on given or random inputs and report.")

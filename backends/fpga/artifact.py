@@ -1,12 +1,16 @@
-"""A model compiled for the FPGA target, run on the schedule simulator.
+"""A model compiled for the FPGA target, run on the schedule simulator or its RTL.
 
 The report holds the design from the start (mode and why, per-layer II,
 latency, DSP / LUT / EBR estimates, whether it fits) and, once run, the
 simulated cycles and time, which must equal the schedule's latency.
+`run_rtl` runs the integer region on its Verilog under Verilator instead
+(`backends/fpga/rtl`); `emit("verilog", dir)` writes that Verilog.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,7 @@ from xdsl.dialects.builtin import ModuleOp
 from backends.fpga.design import DesignEstimate
 from backends.fpga.device import FpgaDevice
 from backends.fpga.simulator import Simulator
-from compiler.artifact import Artifact, ModelSignature
+from compiler.artifact import Artifact, ModelSignature, coerce_inputs
 from compiler.model import find_model
 
 
@@ -62,3 +66,31 @@ class FpgaArtifact(Artifact):
         self.report.update(cycles=cycles, latency_s=cycles / self.device.clock_hz,
                            simulated_layers=[{"name": r.name, "start": r.start, "cycles": r.cycles} for r in runs])
         return {spec.name: np.asarray(out, spec.numpy_dtype) for spec, out in zip(self.signature.outputs, outputs)}
+
+    @functools.cached_property
+    def rtl(self):
+        """The integer region's Verilog (generated once)."""
+        from backends.fpga.rtl.run import generate
+
+        return generate(self.simulator.model, self.design)
+
+    def run_rtl(self, **inputs: Any) -> dict[str, np.ndarray]:
+        """Run with the integer region on its Verilog under Verilator; the report gains
+        `rtl_cycles` (counted by the design), `rtl_expected_cycles` (the schedule's)
+        and `rtl_total_cycles` (with the host nests' scheduled cycles)."""
+        from backends.fpga.rtl.run import run
+
+        arrays = coerce_inputs(self.signature, inputs)
+        result = run(self.rtl, self.simulator.model, self.simulator, [arrays[s.name] for s in self.signature.inputs])
+        self.report.update(rtl_cycles=result.rtl_cycles, rtl_expected_cycles=self.rtl.region.expected_cycles(),
+                           rtl_total_cycles=result.cycles)
+        return {spec.name: np.asarray(out, spec.numpy_dtype) for spec, out in zip(self.signature.outputs, result.outputs)}
+
+    def emit(self, kind: str, path: str) -> list[str]:
+        """`verilog`: a directory with the integer region's RTL, memory images, a
+        Verilator testbench and a report."""
+        if kind == "verilog":
+            from backends.fpga.rtl.emit import emit_verilog
+
+            return emit_verilog(self.rtl, self.report, Path(path))
+        return super().emit(kind, path)

@@ -43,8 +43,8 @@ def fpga_pipeline(options: CompileOptions) -> str:
 
 class FpgaBackend(Backend):
     name = "fpga"
-    description = "FPGA layer engines with HLS schedules (reuse factor, II, DSP/LUT/EBR), on a schedule simulator"
-    emit_kinds = ()
+    description = "FPGA layer engines with HLS schedules (reuse factor, II, DSP/LUT/EBR), on a schedule simulator or as Verilog"
+    emit_kinds = ("verilog",)
 
     def pipeline(self, options: CompileOptions) -> str:
         return fpga_pipeline(options)

@@ -11,6 +11,7 @@ step starts when its operands are ready and its engine is free. With
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,22 @@ class PimArtifact(Artifact):
             host_ops=sorted({s.op.name for s in program.steps if s.engine == "host"}),
         )
         self.stack: Stack | None = None
+        self.returned_override: dict[tuple[int, int], Iterator[np.ndarray]] | None = None
+
+    def run_with_returned(self, inputs: dict[str, np.ndarray],
+                          returned: dict[tuple[int, int], Iterator[np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run with the words the host receives from each (channel, unit) taken
+        from `returned` (another model of the units, such as their Verilog)."""
+        self.returned_override = returned
+        try:
+            return self.run(**inputs)
+        finally:
+            self.returned_override = None
 
     def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         program, config = self.program, self.program.config
         stack = Stack(config, program.rows)
+        stack.returned_override = self.returned_override
         values: dict[SSAValue, np.ndarray] = {}
         for spec, arg in zip(self.signature.inputs, program.function.body.block.args):
             values[arg] = inputs[spec.name]
@@ -115,7 +128,9 @@ class PimArtifact(Artifact):
     def emit(self, kind: str, path: str) -> list[str]:
         """`commands`: every kernel's per-channel streams as text; `bin`: the
         same as 64-bit command words; `trace`: the scheduled commands of a run
-        (on seed-0 random inputs unless the artifact has run)."""
+        (on seed-0 random inputs unless the artifact has run); `verilog`: a
+        directory with the bank unit's Verilog, a testbench and each busy
+        unit's memory images of such a run (int8 models)."""
         target = Path(path)
         if kind == "commands":
             lines = []
@@ -141,6 +156,10 @@ class PimArtifact(Artifact):
             write_atomic(target, "".join(f"{int(r['cycle'])} ch{int(r['channel'])} {commands.describe(r)}\n"
                                          for r in trace[order]))
             return [str(target)]
+        if kind == "verilog":
+            from backends.pim.rtl.emit import emit_verilog
+
+            return emit_verilog(self, path)
         return super().emit(kind, path)
 
 

@@ -30,7 +30,7 @@ def pim_pipeline(options: CompileOptions) -> str:
 class PimBackend(Backend):
     name = "pim"
     description = "HBM-PIM style bank units on a command-level DRAM-timing simulator (GEMV on PIM, rest on the host)"
-    emit_kinds = ("commands", "bin", "trace")
+    emit_kinds = ("commands", "bin", "trace", "verilog")
 
     def pipeline(self, options: CompileOptions) -> str:
         return pim_pipeline(options)

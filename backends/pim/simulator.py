@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,6 +252,16 @@ class ChannelTimer:
 
 
 @dataclass
+class BusLog:
+    """The data words one channel's bus carried, in order: `sent` (host to
+    units, one per BCAST) and `returned` (to the host: the unit that sent
+    it and the word, one per RD and RDACC)."""
+
+    sent: list[np.ndarray] = field(default_factory=list)
+    returned: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
 class KernelRun:
     start: int
     end: int
@@ -268,6 +279,14 @@ class Stack:
         self.geometry = Geometry(config)
         self.timers = [ChannelTimer(self.geometry, ch, self.trace, self.counters) for ch in range(config.channels)]
         self.sim_seconds = 0.0
+        # The units' register files as raw bytes, kept from kernel to kernel as the
+        # hardware keeps them: input registers one column wide, accumulators one
+        # 32-bit lane per element of a column (four columns for i8 units).
+        lanes = config.column_bytes  # at most, for i8
+        self.registers = np.zeros((config.channels, config.units, config.grf_registers, config.column_bytes), np.uint8)
+        self.accumulators = np.zeros((config.channels, config.units, config.acc_registers, 4 * lanes), np.uint8)
+        self.bus = [BusLog() for _ in range(config.channels)]
+        self.returned_override: dict[tuple[int, int], Iterator[np.ndarray]] | None = None
 
     def write_matrix(self, layout: Layout, w: np.ndarray) -> None:
         """Store a resident matrix in its layout (not timed: it was written before the run)."""
@@ -299,8 +318,9 @@ class Stack:
                 continue
             timer = self.timers[channel]
             timer.idle_until(start)
-            registers = np.zeros((c.units, layout.grf, layout.lanes), unit_dtype)
-            accumulators = np.zeros((c.units, layout.accs, layout.lanes), acc_dtype)
+            registers = self.registers[channel, :, :layout.grf].view(unit_dtype)
+            accumulators = self.accumulators[channel, :, :layout.accs, :4 * layout.lanes].view(acc_dtype)
+            bus = self.bus[channel]
             banks = self.memory[channel]
             for record in program.tolist():
                 timer.schedule(record)
@@ -320,16 +340,18 @@ class Stack:
                 elif op == BCAST:
                     m, offset = kernel.payload[data]
                     registers[units, reg] = inputs[m, offset:offset + layout.lanes]
+                    bus.sent.append(registers[units, reg][0].view(np.uint8).copy())
                     self._bus_energy()
                 elif op == RDACC:
                     m, split, n, part_index = kernel.readback[data]
                     lanes = slice(part_index * per_part, (part_index + 1) * per_part)
-                    readout[m, split, n, lanes] = accumulators[unit, acc, lanes]
+                    word = self._returned(channel, unit, accumulators[unit, acc, lanes].view(np.uint8))
+                    readout[m, split, n, lanes] = word.view(acc_dtype)
                     self._bus_energy()
                 elif op == RD:
                     physical = self.geometry.banks(unit, bank)[0]
                     span = slice(col * c.column_bytes, (col + 1) * c.column_bytes)
-                    host_image[channel, physical, row, span] = banks[physical, row, span]
+                    host_image[channel, physical, row, span] = self._returned(channel, unit, banks[physical, row, span])
                     self.counters.energy_pj["read"] += c.column_bytes * 8 * c.read_bit_pj
                     self._bus_energy()
             end = max(end, timer.now + c.burst_cycles)
@@ -345,6 +367,13 @@ class Stack:
         for timer in self.timers:
             timer.idle_until(cycle)
         self.counters.cycles = max(self.counters.cycles, cycle)
+
+    def _returned(self, channel: int, unit: int, word: np.ndarray) -> np.ndarray:
+        """A word a unit or bank returns to the host, logged; with `returned_override`
+        the word the host receives comes from there instead (an RTL run's read-out)."""
+        self.bus[channel].returned.append((unit, word.copy()))
+        override = self.returned_override
+        return next(override[channel, unit]) if override is not None else word
 
     def _bus_energy(self) -> None:
         """One column between a bank or unit and the host: across the die, then the I/O."""

