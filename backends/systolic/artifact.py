@@ -93,7 +93,9 @@ class SystolicArtifact(Artifact):
 
     def emit(self, kind: str, path: str) -> list[str]:
         """`asm`: the program as text; `bin`: the program as binary; `dram`:
-        the initial DRAM image and a JSON map of where inputs and outputs go."""
+        the initial DRAM image and a JSON map of where inputs and outputs go;
+        `verilog`: a directory with the accelerator's RTL, the program and its
+        data as memory images, and a Verilator testbench (int8 programs)."""
         target = Path(path)
         if kind == "asm":
             write_atomic(target, isa.disassemble(self.compiled.program))
@@ -116,4 +118,8 @@ class SystolicArtifact(Artifact):
                 "host_ops": [call.kind for call in compiled.host_calls],
             }, indent=2, sort_keys=True) + "\n")
             return [str(target), str(layout)]
+        if kind == "verilog":
+            from backends.systolic.rtl.emit import emit_verilog
+
+            return emit_verilog(self.compiled, path)
         return super().emit(kind, path)

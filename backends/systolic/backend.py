@@ -36,7 +36,7 @@ def systolic_pipeline(options: CompileOptions) -> str:
 class SystolicBackend(Backend):
     name = "systolic"
     description = "systolic array (ws/os/is) with scratchpads, on a cycle-level simulator; --array RxC, --dataflow"
-    emit_kinds = ("asm", "bin", "dram")
+    emit_kinds = ("asm", "bin", "dram", "verilog")
 
     def pipeline(self, options: CompileOptions) -> str:
         return systolic_pipeline(options)
