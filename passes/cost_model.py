@@ -48,8 +48,10 @@ FMA_LATENCY_CYCLES = 4
 # more stream of scalar loads of the broadcast operand.
 MAX_KERNEL_ROWS = 8
 MAX_KERNEL_VECTORS = 4
-# Vector widths below this many lanes are not worth a vector kernel.
+# The narrowest vector a kernel uses, and the fewest columns worth one (a
+# single column runs as well in scalar code).
 MIN_VECTOR_LANES = 4
+MIN_VECTOR_COLUMNS = 2
 
 
 # --------------------------------------------------------------------------
@@ -260,27 +262,40 @@ class Kernel:
         return self.rows * self.vectors + self.vectors + 1
 
 
-def vector_width(extent: int, lanes: int) -> int:
-    """The widest vector (a power-of-two share of `lanes`, at least
-    MIN_VECTOR_LANES) that divides `extent`; 0 when there is none."""
-    width = lanes
-    while width >= MIN_VECTOR_LANES:
-        if extent % width == 0:
-            return width
-        width //= 2
-    return 0
+@dataclass(frozen=True)
+class VectorSlices:
+    """How vectors of `width` lanes cover `count` x `width` columns; the last
+    vector has only its first `tail` lanes active (masked loads and stores)
+    unless `tail` is 0."""
+
+    width: int
+    count: int
+    tail: int
+
+
+def vector_slices(columns: int, lanes: int) -> VectorSlices | None:
+    """Full-width vectors when there are at least `lanes` columns, else the
+    narrowest vector (of at least MIN_VECTOR_LANES) holding them all: the
+    fewest vectors, so a row of 10 is one masked vector of 16 rather than 8
+    lanes and 2 scalar columns. None below MIN_VECTOR_COLUMNS."""
+    if columns < MIN_VECTOR_COLUMNS:
+        return None
+    width = lanes if columns >= lanes else max(MIN_VECTOR_LANES, 1 << (columns - 1).bit_length())
+    count = -(-columns // width)
+    return VectorSlices(width, count, columns % width)
 
 
 def kernel_efficiency(rows: int, columns: int, machine: Machine) -> float:
     """Share of peak FMA throughput an accumulator tile of rows x columns reaches:
     vector code needs FMA_LATENCY_CYCLES x pipes independent accumulators to
-    keep the pipes busy; a tile no vector width divides runs scalar."""
-    width = vector_width(columns, machine.lanes)
-    if not width:
+    keep the pipes busy, and masked or narrower vectors leave lanes idle; a
+    tile too narrow for vectors runs scalar."""
+    slices = vector_slices(columns, machine.lanes)
+    if slices is None:
         return 1 / machine.lanes
-    accumulators = rows * columns // width
+    accumulators = rows * slices.count
     busy = min(1.0, accumulators / (FMA_LATENCY_CYCLES * machine.fma_pipes))
-    return busy * width / machine.lanes
+    return busy * columns / (slices.count * machine.lanes)
 
 
 def _split_efficiency(extent: int, tile: int, efficiency) -> float:
@@ -464,29 +479,22 @@ def divisor_or_balanced(extent: int, limit: int, multiple: int = 1) -> int:
 def choose_kernel(nest: LoopNest, roles: Contraction, machine: Machine) -> Kernel | None:
     """The register tile with the best predicted compute rate over the whole
     nest, then the fewest remainder tiles, the fewest L1 loads per FMA and
-    the fewest registers; None when the vector dim is shorter than the
-    narrowest vector."""
+    the fewest registers; None when the vector dim is too short for vectors."""
     columns = nest.sizes[roles.vector_dim]
-    # Full vectors, or narrower ones where a row is shorter than one; the
-    # columns a kernel's width does not divide run as scalar code.
-    widths = [machine.lanes] if columns >= machine.lanes else [
-        w for w in (machine.lanes >> shift for shift in range(1, machine.lanes.bit_length()))
-        if MIN_VECTOR_LANES <= w <= columns
-    ]
-    if not widths:
+    slices = vector_slices(columns, machine.lanes)
+    if slices is None:
         return None
     max_rows = nest.sizes[roles.row_dim] if roles.row_dim is not None else 1
     candidates = [
-        Kernel(rows, vectors, width)
-        for width in widths
-        for vectors in range(1, min(MAX_KERNEL_VECTORS, -(-columns // width)) + 1)
+        Kernel(rows, vectors, slices.width)
+        for vectors in range(1, min(MAX_KERNEL_VECTORS, slices.count) + 1)
         for rows in range(1, min(MAX_KERNEL_ROWS, max_rows) + 1)
     ]
 
     def rank(kernel: Kernel) -> tuple[float, int, float, int]:
         efficiency = compute_efficiency(nest, roles, kernel, machine)
         # Every dim the tile does not divide needs a second copy of the kernel.
-        remainders = (columns % kernel.columns != 0) + (max_rows % kernel.rows != 0)
+        remainders = (columns > kernel.columns and columns % kernel.columns != 0) + (max_rows % kernel.rows != 0)
         loads_per_fma = (kernel.rows + kernel.columns) / (kernel.rows * kernel.columns)
         return (-efficiency, remainders, loads_per_fma, kernel.registers)
 

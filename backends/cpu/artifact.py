@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from backends.cpu.abi import OutputBlock, from_storage, to_storage
+from backends.cpu.abi import CallFrame
 from backends.cpu.emitter import emit_model
 from backends.cpu.header import c_header
 from backends.cpu.toolchain import JitEngine, host_target, link_shared, optimise, target_machine
@@ -36,10 +36,9 @@ class CpuArtifact(Artifact):
         self._llvm = optimise(ir_text, self._machine, opt_level)
         self._object = self._machine.emit_object(self._llvm)
         self._jit = JitEngine(self._object)
-        arity = len(signature.inputs) + len(signature.outputs)
-        prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arity)
-        self._entry = prototype(self._jit.address_of(emitted.entry))
-        self._outputs = OutputBlock(signature.outputs)
+        self._packed_entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._jit.address_of(emitted.packed_entry))
+        # Frames not in use; a call takes one (or makes one when calls overlap) and puts it back.
+        self._frames: list[CallFrame] = [CallFrame(signature)]
         host = host_target()
         self.report.update(
             compile_time_s=time.perf_counter() - start,
@@ -53,10 +52,15 @@ class CpuArtifact(Artifact):
         )
 
     def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        staged = [to_storage(spec, inputs[spec.name]) for spec in self.signature.inputs]
-        outputs, output_addresses = self._outputs.allocate()
-        self._entry(*[a for _, a in staged], *output_addresses)
-        return {spec.name: from_storage(spec, out) for spec, out in zip(self.signature.outputs, outputs)}
+        frames = self._frames
+        try:
+            frame = frames.pop()  # atomic: a test for emptiness first could race another thread
+        except IndexError:
+            frame = CallFrame(self.signature)
+        try:
+            return frame.call(self._packed_entry, inputs)
+        finally:
+            frames.append(frame)
 
     def emit(self, kind: str, path: str) -> list[str]:
         target = Path(path)

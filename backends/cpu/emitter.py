@@ -16,7 +16,8 @@ Representation choices:
   `collapse_shape`/`expand_shape` reuse the pointer, a `subview` (offsets
   from loop variables, static sizes and strides) and a `view` into a byte
   arena advance it.
-* Vectors are LLVM vectors; `vector.fma` is the `llvm.fma` intrinsic.
+* Vectors are LLVM vectors; `vector.fma` is the `llvm.fma` intrinsic and
+  masked loads and stores are `llvm.masked.load`/`llvm.masked.store`.
 * A loop marked `loom.parallel` is outlined into a task function and run
   by `backends.cpu.runtime.parallel_for` over the model's threads.
 * f16 values live in registers as `half`; bf16 values as `float` holding a
@@ -26,9 +27,8 @@ Representation choices:
 * i1 is stored as one byte.
 * Float arithmetic carries `contract` (so `a*b+c` may become an FMA, which
   only removes a rounding step) plus whatever flags the op itself declares.
-  Reassociation is deliberately not implied: it would let reductions
-  vectorise, but it changes summation order and with it results beyond what
-  the differential tests against the reference interpreter accept.
+  Reassociation is never implied: only the additions `vectorize` marks
+  (those accumulating float sums) may be reordered.
 * Integer division by zero yields 0 and `INT_MIN / -1` wraps, as in numpy,
   instead of trapping and taking the host process down.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math as pymath
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from llvmlite import ir
@@ -61,7 +61,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
-from backends.cpu.abi import ALIGNMENT, entry_symbol, parameter_names
+from backends.cpu.abi import ALIGNMENT, entry_symbol, packed_entry_symbol, parameter_names
 from backends.cpu.runtime import TASK_TYPE, AddressOf, opaque, parallel_for
 from compiler.artifact import ModelSignature
 from compiler.diagnostics import InternalError
@@ -215,15 +215,21 @@ def declare_global(module: ir.Module, op: memref.GlobalOp) -> ir.GlobalVariable:
 # --------------------------------------------------------------------------
 
 
+Span = tuple[int, int]
+"""Bytes [start, stop) of a buffer's root storage."""
+
+
 @dataclass(frozen=True)
 class Buffer:
     """A memref value: where its first element is, how it is shaped and laid
     out, and which storage it is (a view of): `root` identifies an argument,
-    allocation or global, so that buffers on different roots never alias."""
+    allocation or global, so that buffers on different roots never alias,
+    and `span` the bytes of the root it may touch, when known."""
 
     pointer: ir.Value
     type: MemRefType
     root: object
+    span: Span | None
     on_stack: bool = False
     aligned: bool = True  # the pointer is ALIGNMENT-aligned
 
@@ -236,8 +242,60 @@ class Buffer:
         return tuple(self.type.get_strides())
 
     def view(self, pointer: ir.Value, t: MemRefType, aligned: bool) -> Buffer:
-        """A buffer on the same storage."""
-        return Buffer(pointer, check_memref(t), self.root, self.on_stack, aligned and self.aligned)
+        """A buffer on the same storage and within this one's bytes (a subview or reshape)."""
+        return replace(self, pointer=pointer, type=check_memref(t), aligned=aligned and self.aligned)
+
+    def carve(self, pointer: ir.Value, t: MemRefType, shift: int | None) -> Buffer:
+        """The buffer `shift` bytes into this one (None: an offset known only at run time)."""
+        known = shift is not None and self.span is not None
+        span = (self.span[0] + shift, self.span[0] + shift + memref_bytes(t)) if known else None
+        aligned = shift is not None and shift % ALIGNMENT == 0 and self.aligned
+        return replace(self, pointer=pointer, type=t, span=span, aligned=aligned)
+
+
+def whole(t: MemRefType) -> Span:
+    return (0, memref_bytes(t))
+
+
+class AliasScopes:
+    """Scoped alias metadata for buffers carved from one storage at known,
+    disjoint byte ranges — the arena `plan-memory` builds. LLVM cannot prove
+    that offsets into one allocation do not meet, so without it a loop
+    reading one arena buffer and writing another keeps every accumulator in
+    memory and vectorises behind run-time overlap checks, if at all.
+
+    Accesses are collected while functions are emitted and annotated at the
+    end, once every range is known: each range of a root is a scope, and an
+    access is declared not to alias the ranges of its root disjoint from
+    its own. Overlapping ranges (bytes reused by buffers live at different
+    times) stay may-alias.
+    """
+
+    def __init__(self) -> None:
+        self.accesses: list[tuple[ir.Instruction, object, Span]] = []
+
+    def record(self, instruction: ir.Instruction, buffer: Buffer) -> None:
+        if buffer.span is not None:
+            self.accesses.append((instruction, buffer.root, buffer.span))
+
+    def attach(self, module: ir.Module) -> None:
+        spans: dict[object, dict[Span, ir.MDValue]] = {}
+        for _, root, span in self.accesses:
+            spans.setdefault(root, {})[span] = None
+        carved = [ranges for ranges in spans.values() if len(ranges) > 1]
+        if not carved:
+            return
+        domain = module.add_metadata([ir.MetaDataString(module, "loom.buffers")])
+        for index, ranges in enumerate(carved):
+            for start, stop in ranges:
+                name = ir.MetaDataString(module, f"loom.buffer.{index}.{start}.{stop}")
+                ranges[start, stop] = module.add_metadata([name, domain])
+        for instruction, root, (start, stop) in self.accesses:
+            ranges = spans[root]
+            apart = [scope for (low, high), scope in ranges.items() if high <= start or stop <= low]
+            if apart:
+                instruction.set_metadata("alias.scope", module.add_metadata([ranges[start, stop]]))
+                instruction.set_metadata("noalias", module.add_metadata(apart))
 
 
 def captured_values(loop: scf.ForOp) -> list[SSAValue]:
@@ -268,6 +326,8 @@ def intrinsic_suffix(t: ir.Type) -> str:
         return f"v{t.count}{intrinsic_suffix(t.element)}"
     return {F16: "f16", F32: "f32", F64: "f64"}.get(t) or f"i{t.width}"
 
+
+VectorAccess = vector.LoadOp | vector.StoreOp | vector.MaskedLoadOp | vector.MaskedStoreOp
 
 _handlers: dict[type[Operation], Callable[[FunctionEmitter, Operation], None]] = {}
 
@@ -320,6 +380,7 @@ class ModelContext:
     symbol: str  # the entry point's name; outlined functions are named after it
     threads: int
     regions: int = 0  # parallel loops outlined so far
+    alias_scopes: AliasScopes = field(default_factory=AliasScopes)
 
 
 class FunctionEmitter:
@@ -422,7 +483,9 @@ class FunctionEmitter:
         yielded = self.emit_block(block)
         following = self.builder.add(induction, step, flags=["nsw"])
         latch = self.builder.block
-        self.builder.branch(header)
+        back_edge = self.builder.branch(header)
+        if any(isinstance(nested, scf.ForOp) for nested in block.walk()):
+            back_edge.set_metadata("llvm.loop", self.loop_without_vectorizer())
         induction.add_incoming(following, latch)
         for phi, value in zip(carried, yielded):
             phi.add_incoming(value, latch)
@@ -430,6 +493,25 @@ class FunctionEmitter:
         self.builder.position_at_end(done)
         for result, phi in zip(op.results, carried):
             self.bind(result, phi)
+
+    def loop_without_vectorizer(self) -> ir.MDValue:
+        """Loop metadata keeping LLVM's loop vectorizer off a loop.
+
+        LLVM fully unrolls short inner loops before it vectorises, and then
+        vectorises the loop around them along its strided dim, with gathers
+        and scatters (a 6x28x28 elementwise nest runs 5x slower that way).
+        Loops that nest others here are left to unrolling and to the SLP
+        vectorizer, which packs the unrolled inner body along the
+        contiguous dim instead. The loop ID must refer to itself, which
+        llvmlite cannot express directly: the node is made unique with a
+        placeholder operand and then pointed at itself.
+        """
+        module = self.module
+        placeholder = ir.MetaDataString(module, f"loom.loop.{len(module.metadata)}")
+        loop_id = module.add_metadata([placeholder])
+        disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), I1(0)])
+        loop_id.operands = (loop_id, disable)
+        return loop_id
 
     # ---- parallel loops -------------------------------------------------------
 
@@ -480,7 +562,7 @@ class FunctionEmitter:
         for value, outer, arg in zip(captured, values, body.args[2:]):
             if isinstance(outer, Buffer):
                 describe_pointer(arg, outer, unique=roots.count(outer.root) == 1)
-                inner.bind(value, Buffer(arg, outer.type, outer.root, outer.on_stack, outer.aligned))
+                inner.bind(value, replace(outer, pointer=arg))
             else:
                 inner.bind(value, arg)
         inner.emit_loop(op, lo, hi, inner.scalar(op.step))
@@ -539,6 +621,7 @@ class FunctionEmitter:
         element = buffer.element_type
         raw = self.builder.load(self.element_pointer(buffer, op.indices), typ=storage_type(element),
                                 align=storage_size(element))
+        self.context.alias_scopes.record(raw, buffer)
         if isinstance(element, BFloat16Type):
             widened = self.builder.shl(self.builder.zext(raw, I32), I32(16))
             raw = self.builder.bitcast(widened, F32)
@@ -556,14 +639,16 @@ class FunctionEmitter:
             value = self.builder.trunc(bits, I16)
         elif register_type(element) == I1:
             value = self.builder.zext(value, I8)
-        self.builder.store(value, self.element_pointer(buffer, op.indices), align=storage_size(element))
+        store = self.builder.store(value, self.element_pointer(buffer, op.indices), align=storage_size(element))
+        self.context.alias_scopes.record(store, buffer)
 
     @handles(memref.GetGlobalOp)
     def _get_global(self, op: memref.GetGlobalOp) -> None:
         name = op.name_.root_reference.data
         if name not in self.globals_by_name:
             raise InternalError(f"cpu backend: reference to undefined global @{name}")
-        self.bind(op.memref, Buffer(self.globals_by_name[name], check_dense(op.memref.type), name))
+        t = check_dense(op.memref.type)
+        self.bind(op.memref, Buffer(self.globals_by_name[name], t, name, whole(t)))
 
     @handles(memref.AllocOp, memref.AllocaOp)
     def _alloc(self, op: memref.AllocOp | memref.AllocaOp) -> None:
@@ -574,11 +659,11 @@ class FunctionEmitter:
             self.stack_bytes += size
             slot = opaque(self.alloca_builder.alloca(ir.ArrayType(I8, max(size, 1))))
             slot.align = ALIGNMENT
-            self.bind(op.memref, Buffer(slot, t, op, on_stack=True))
+            self.bind(op.memref, Buffer(slot, t, op, whole(t), on_stack=True))
             return
         aligned_alloc = self.declare("aligned_alloc", PTR, [I64, I64])
         padded = -(-max(size, 1) // ALIGNMENT) * ALIGNMENT  # C11 wants a multiple of the alignment
-        self.bind(op.memref, Buffer(self.builder.call(aligned_alloc, [I64(ALIGNMENT), I64(padded)]), t, op))
+        self.bind(op.memref, Buffer(self.builder.call(aligned_alloc, [I64(ALIGNMENT), I64(padded)]), t, op, whole(t)))
 
     @handles(memref.DeallocOp)
     def _dealloc(self, op: memref.DeallocOp) -> None:
@@ -620,36 +705,75 @@ class FunctionEmitter:
             raise unsupported("memref.view with dynamic sizes")
         shift = self.scalar(op.byte_shift)
         pointer = self.builder.gep(source.pointer, [shift], inbounds=True, source_etype=I8)
-        aligned = isinstance(shift, ir.Constant) and shift.constant % ALIGNMENT == 0
-        self.bind(op.result, source.view(pointer, check_dense(op.result.type), aligned))
+        constant = shift.constant if isinstance(shift, ir.Constant) else None
+        self.bind(op.result, source.carve(pointer, check_dense(op.result.type), constant))
 
     # ---- vectors -------------------------------------------------------------------
 
-    def vector_pointer(self, op: vector.LoadOp | vector.StoreOp) -> tuple[ir.Value, int]:
+    def vector_access(self, op: VectorAccess, access: Callable[[ir.Value, int], ir.Instruction]) -> ir.Instruction:
+        """`access(pointer, alignment)` at the vector's first element."""
         buffer = self.buffer(op.base)
         if buffer.element_type != Float32Type() or buffer.strides[-1:] not in ((), (1,)):
             raise unsupported(f"{op.name} on {buffer.type}")
-        return self.element_pointer(buffer, op.indices), storage_size(buffer.element_type)
+        instruction = access(self.element_pointer(buffer, op.indices), storage_size(buffer.element_type))
+        self.context.alias_scopes.record(instruction, buffer)
+        return instruction
 
     @handles(vector.LoadOp)
     def _vector_load(self, op: vector.LoadOp) -> None:
-        pointer, align = self.vector_pointer(op)
-        self.bind(op.result, self.builder.load(pointer, typ=register_type(op.result.type), align=align))
+        t = register_type(op.result.type)
+        self.bind(op.result, self.vector_access(op, lambda p, align: self.builder.load(p, typ=t, align=align)))
 
     @handles(vector.StoreOp)
     def _vector_store(self, op: vector.StoreOp) -> None:
-        pointer, align = self.vector_pointer(op)
-        self.builder.store(self.scalar(op.vector), pointer, align=align)
+        value = self.scalar(op.vector)
+        self.vector_access(op, lambda p, align: self.builder.store(value, p, align=align))
+
+    def masked_call(self, name: str, t: ir.VectorType, result: ir.Type, args: list[ir.Value],
+                    pointer_at: int, align: int) -> ir.Instruction:
+        """A call of `llvm.masked.<name>` on vectors of type `t`."""
+        callee = self.declare(f"llvm.masked.{name}.{intrinsic_suffix(t)}.p0", result, [a.type for a in args])
+        call = self.builder.call(callee, args, arg_attrs={pointer_at: ()})
+        call.arg_attributes[pointer_at].align = align
+        return call
+
+    @handles(vector.MaskedLoadOp)
+    def _masked_load(self, op: vector.MaskedLoadOp) -> None:
+        t = register_type(op.result.type)
+        mask, idle = self.scalar(op.mask), self.scalar(op.pass_thru)
+        self.bind(op.result, self.vector_access(
+            op, lambda p, align: self.masked_call("load", t, t, [p, mask, idle], 0, align)))
+
+    @handles(vector.MaskedStoreOp)
+    def _masked_store(self, op: vector.MaskedStoreOp) -> None:
+        value, mask = self.scalar(op.value_to_store), self.scalar(op.mask)
+        self.vector_access(
+            op, lambda p, align: self.masked_call("store", value.type, ir.VoidType(), [value, p, mask], 1, align))
+
+    @handles(vector.CreateMaskOp)
+    def _create_mask(self, op: vector.CreateMaskOp) -> None:
+        """Lanes below the operand on, the others off."""
+        (size,) = op.mask_dim_sizes
+        lanes = register_type(op.mask_vector.type).count
+        active = self.scalar(size)
+        if isinstance(active, ir.Constant):
+            mask = [I1(lane < active.constant) for lane in range(lanes)]
+            self.bind(op.mask_vector, ir.Constant(ir.VectorType(I1, lanes), mask))
+            return
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        self.bind(op.mask_vector, self.builder.icmp_unsigned("<", lane, self.splat(active, lanes)))
+
+    def splat(self, value: ir.Value, lanes: int) -> ir.Value:
+        undefined = ir.Constant(ir.VectorType(value.type, lanes), ir.Undefined)
+        first = self.builder.insert_element(undefined, value, I32(0))
+        mask = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
+        return self.builder.shuffle_vector(first, undefined, mask)
 
     @handles(vector.BroadcastOp)
     def _broadcast(self, op: vector.BroadcastOp) -> None:
-        t = register_type(op.vector.type)
         if isinstance(op.source.type, VectorType):
             raise unsupported("vector.broadcast of a vector")
-        undefined = ir.Constant(t, ir.Undefined)
-        first = self.builder.insert_element(undefined, self.scalar(op.source), I32(0))
-        mask = ir.Constant(ir.VectorType(I32, t.count), [0] * t.count)
-        self.bind(op.vector, self.builder.shuffle_vector(first, undefined, mask))
+        self.bind(op.vector, self.splat(self.scalar(op.source), register_type(op.vector.type).count))
 
     @handles(vector.FMAOp)
     def _vector_fma(self, op: vector.FMAOp) -> None:
@@ -877,7 +1001,20 @@ class FunctionEmitter:
 class EmittedModel:
     module: ir.Module
     entry: str
+    packed_entry: str  # the same, taking one array of buffer pointers
     parallel_loops: int  # loops split over threads (so the code calls pthreads)
+
+
+def emit_packed_entry(module: ir.Module, entry: ir.Function, name: str) -> None:
+    """``void name(ptr buffers)``: calls `entry` with the pointers in the array `buffers`."""
+    packed = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), name=name)
+    packed.attributes.add("nounwind")
+    builder = ir.IRBuilder(packed.append_basic_block("entry"))
+    (buffers,) = packed.args
+    pointers = [builder.load(builder.gep(buffers, [I64(i)], inbounds=True, source_etype=PTR), typ=PTR)
+                for i in range(len(entry.args))]
+    builder.call(entry, pointers)
+    builder.ret_void()
 
 
 def emit_model(module: ModuleOp, signature: ModelSignature, threads: int = 1) -> EmittedModel:
@@ -914,6 +1051,9 @@ def emit_model(module: ModuleOp, signature: ModelSignature, threads: int = 1) ->
             llvm_arg.add_attribute(attribute)
         llvm_arg.attributes.align = ALIGNMENT
         llvm_arg.attributes.dereferenceable = max(memref_bytes(t), 1)
-        emitter.bind(block_arg, Buffer(llvm_arg, t, block_arg))
+        emitter.bind(block_arg, Buffer(llvm_arg, t, block_arg, whole(t)))
     emitter.emit_body(model.body.block)
-    return EmittedModel(llvm_module, entry, context.regions)
+    packed = packed_entry_symbol(signature.name)
+    emit_packed_entry(llvm_module, function, packed)
+    context.alias_scopes.attach(llvm_module)
+    return EmittedModel(llvm_module, entry, packed, context.regions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from backends.cpu.abi import ALIGNMENT, ELEMENT_ABI, c_identifier, entry_symbol, parameter_names
+from backends.cpu.abi import ALIGNMENT, ELEMENT_ABI, c_identifier, entry_symbol, packed_entry_symbol, parameter_names
 from compiler.artifact import ModelSignature, TensorSpec
 
 
@@ -59,6 +59,9 @@ def c_header(signature: ModelSignature, guard_stem: str, threads: int = 1) -> st
     lines += [
         "",
         f"void {entry}({', '.join(params)});",
+        "",
+        f"/* The same, with the {len(specs)} buffer addresses in one array, in the order above. */",
+        f"void {packed_entry_symbol(signature.name)}(void *const *buffers);",
         "",
         "#ifdef __cplusplus",
         "}",

@@ -28,7 +28,7 @@ from passes.cost_model import (
     register_level,
     reloads,
     traffic,
-    vector_width,
+    vector_slices,
 )
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -107,14 +107,20 @@ def test_contraction_roles_of_matmul_and_convolution():
     assert contraction_roles(conv(1, 8, 16, 12, 3, stride=2)) is None  # strided rows are not contiguous
 
 
-def test_vector_widths_divide_the_extent():
-    assert [vector_width(n, 16) for n in (64, 24, 20, 10, 3)] == [16, 8, 4, 0, 0]
+def test_vector_slices_cover_any_row_with_the_fewest_vectors():
+    covers = {n: vector_slices(n, 16) for n in (64, 24, 20, 16, 10, 6, 3, 2, 1)}
+    assert {n: (s.width, s.count, s.tail) for n, s in covers.items() if s} == {
+        64: (16, 4, 0), 24: (16, 2, 8), 20: (16, 2, 4), 16: (16, 1, 0),
+        10: (16, 1, 10), 6: (8, 1, 6), 3: (4, 1, 3), 2: (4, 1, 2),
+    }
+    assert covers[1] is None  # one column: no vector
 
 
 def test_kernel_efficiency_needs_enough_independent_accumulators():
     assert kernel_efficiency(8, 32, AVX512) == 1.0
     assert kernel_efficiency(1, 16, AVX512) == pytest.approx(1 / 8)  # 1 accumulator, 4-cycle FMAs, 2 pipes
-    assert kernel_efficiency(4, 10, AVX512) == pytest.approx(1 / 16)  # no vector width divides 10
+    assert kernel_efficiency(8, 10, AVX512) == pytest.approx(10 / 16)  # one masked vector per row
+    assert kernel_efficiency(8, 1, AVX512) == pytest.approx(1 / 16)  # scalar
 
 
 def test_tile_sizes_prefer_divisors_then_balance():
@@ -160,15 +166,16 @@ def test_convolution_schedule_vectorises_output_rows():
     assert outer.sizes[4:6] == (3, 3)  # kh and kw stay whole
 
 
-def test_rows_shorter_than_a_vector_get_narrower_kernels():
+def test_rows_shorter_than_a_vector_get_one_masked_vector():
     schedule = choose_schedule(conv(1, 6, 16, 14, 5), AVX512)  # 10 output columns
-    assert schedule.kernel.lanes == 8 and schedule.kernel.columns == 8
-    assert schedule.levels[1].sizes[6] == 8  # 8 columns in vectors, the last 2 scalar
+    assert schedule.kernel.lanes == 16 and schedule.kernel.vectors == 1
+    assert schedule.levels[1].sizes[6] == 10  # all 10 columns in the kernel, none left to scalar code
+    assert choose_schedule(matmul(16, 8, 3), AVX512).kernel.lanes == 4
 
 
 def test_ops_without_a_vector_dim_get_no_schedule():
     assert choose_schedule(matmul(4, 2, 1), AVX512) is None
-    assert choose_schedule(matmul(16, 8, 3), AVX512) is None
+    assert choose_schedule(matmul(16, 8, 1), AVX512) is None
 
 
 def test_prediction_is_the_slowest_of_compute_and_traffic():

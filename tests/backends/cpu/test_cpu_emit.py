@@ -101,6 +101,7 @@ def test_header_declares_c_types_and_shapes(tmp_path):
     assert "#define LOOM_MIXED_E_SHAPE {2, 3}" in header
     assert "#define LOOM_MIXED_E_SIZE 6" in header
     assert "#define LOOM_MIXED_OUT_RANK 1" in header
+    assert "void loom_mixed_packed(void *const *buffers);" in header
 
 
 C_PROGRAM = r"""
@@ -143,6 +144,10 @@ def test_shared_library_loads_with_ctypes(matmul, tmp_path):
     x, y = aligned_empty((2, 3), np.dtype(np.float32)), aligned_empty((2, 4), np.dtype(np.float32))
     x[...] = X
     entry(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(y.ctypes.data))
+    np.testing.assert_allclose(y, X @ WEIGHT, rtol=1e-6)
+    y[...] = 0
+    packed = ctypes.CDLL(str(library)).loom_mm_packed  # the same, on one array of both addresses
+    packed((ctypes.c_void_p * 2)(x.ctypes.data, y.ctypes.data))
     np.testing.assert_allclose(y, X @ WEIGHT, rtol=1e-6)
 
 

@@ -79,7 +79,7 @@ def test_outlined_loops_are_internal_functions(tmp_path):
     assert "@pthread_create" in text and "@pthread_join" in text
     defined = [line for line in text.splitlines() if line.startswith("define")]
     assert [line for line in defined if "internal" not in line] == [
-        line for line in defined if "@loom_scaled(" in line]
+        line for line in defined if "@loom_scaled(" in line or "@loom_scaled_packed(" in line]
 
 
 LAYER = """

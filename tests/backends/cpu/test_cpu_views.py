@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends.cpu.emitter import emit_model
 from compiler import InternalError
 
-from cpu_loops import compile_loops
+from cpu_loops import compile_loops, loop_signature, parse_loops
 
 
 def test_subviews_at_loop_offsets_address_the_tile():
@@ -173,3 +174,96 @@ builtin.module {
     func.return
   }
 }""")
+
+
+ARENA_VIEWS = """
+builtin.module {
+  func.func @spans(%x: memref<4xf32>, %y: memref<4xf32>)
+      attributes {loom.inputs = ["x"], loom.model, loom.outputs = ["y"]} {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c4 = arith.constant 4 : index
+    %at0 = arith.constant 0 : index
+    %at8 = arith.constant 8 : index
+    %at64 = arith.constant 64 : index
+    %arena = memref.alloc() : memref<128xi8>
+    %a = memref.view %arena[%at0][] : memref<128xi8> to memref<4xf32>
+    %b = memref.view %arena[%at64][] : memref<128xi8> to memref<2x2xf32>
+    %flat = memref.collapse_shape %b [[0, 1]] : memref<2x2xf32> into memref<4xf32>
+    %c = memref.view %arena[%at8][] : memref<128xi8> to memref<4xf32>
+    scf.for %i = %c0 to %c4 step %c1 {
+      %v = memref.load %x[%i] : memref<4xf32>
+      memref.store %v, %a[%i] : memref<4xf32>
+    }
+    scf.for %i = %c0 to %c4 step %c1 {
+      %v = memref.load %a[%i] : memref<4xf32>
+      memref.store %v, %flat[%i] : memref<4xf32>
+    }
+    scf.for %i = %c0 to %c4 step %c1 {
+      %v = memref.load %flat[%i] : memref<4xf32>
+      memref.store %v, %c[%i] : memref<4xf32>
+    }
+    scf.for %i = %c0 to %c4 step %c1 {
+      %v = memref.load %c[%i] : memref<4xf32>
+      memref.store %v, %y[%i] : memref<4xf32>
+    }
+    memref.dealloc %arena : memref<128xi8>
+    func.return
+  }
+}"""
+
+
+def scope_names(md) -> set[str]:
+    return {scope.operands[0].string for scope in md.operands}
+
+
+def test_disjoint_views_of_an_arena_are_declared_not_to_alias():
+    """Bytes 0-16, 64-80 (through a reshape too) and 8-24 of one arena: the
+    first two never meet, the third overlaps the first and may alias it."""
+    module = parse_loops(ARENA_VIEWS)
+    emitted = emit_model(module, loop_signature(module))
+    accesses = [i for block in emitted.module.get_global(emitted.entry).blocks for i in block.instructions
+                if i.opname in ("load", "store")]
+    described = [(scope_names(i.metadata["alias.scope"]), scope_names(i.metadata["noalias"]))
+                 for i in accesses if "alias.scope" in i.metadata]
+    a, b, c = "loom.buffer.0.0.16", "loom.buffer.0.64.80", "loom.buffer.0.8.24"
+    assert sorted(described) == sorted([({a}, {b})] * 2 + [({b}, {a, c})] * 2 + [({c}, {b})] * 2)
+    assert len(accesses) - len(described) == 2  # x and y: arguments, nothing to declare
+    x = np.array([1.5, -2, 3, 0.25], dtype=np.float32)
+    np.testing.assert_array_equal(compile_loops(ARENA_VIEWS).run(x=x)["y"], x)
+
+
+NEST = """
+builtin.module {
+  func.func @nest(%x: memref<6x28xf32>, %y: memref<6x28xf32>)
+      attributes {loom.inputs = ["x"], loom.model, loom.outputs = ["y"]} {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c6 = arith.constant 6 : index
+    %c28 = arith.constant 28 : index
+    scf.for %i = %c0 to %c6 step %c1 {
+      scf.for %j = %c0 to %c28 step %c1 {
+        %v = memref.load %x[%i, %j] : memref<6x28xf32>
+        %w = arith.addf %v, %v : f32
+        memref.store %w, %y[%i, %j] : memref<6x28xf32>
+      }
+    }
+    func.return
+  }
+}"""
+
+
+def test_loops_around_loops_are_kept_from_the_loop_vectorizer():
+    """Only the outer loop's back edge carries the hint: LLVM would otherwise
+    unroll the inner loop and vectorise the outer one with gathers."""
+    module = parse_loops(NEST)
+    emitted = emit_model(module, loop_signature(module))
+    branches = [i for block in emitted.module.get_global(emitted.entry).blocks for i in block.instructions
+                if i.opname == "br" and "llvm.loop" in i.metadata]
+    assert len(branches) == 1
+    loop_id = branches[0].metadata["llvm.loop"]
+    assert loop_id.operands[0] is loop_id  # a loop ID refers to itself
+    (hint,) = loop_id.operands[1:]
+    assert hint.operands[0].string == "llvm.loop.vectorize.enable" and hint.operands[1].constant == 0
+    x = np.arange(6 * 28, dtype=np.float32).reshape(6, 28)
+    np.testing.assert_array_equal(compile_loops(NEST).run(x=x)["y"], 2 * x)
