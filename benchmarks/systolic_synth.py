@@ -9,11 +9,13 @@ flip-flop, DSP (MULT18X18D), block RAM (DP16KD), LUT RAM and carry counts and
 the Fmax nextpnr achieved.
 
 The memories here are tiny (256 B ifmap and filter, 512 B ofmap, 256 B DRAM,
-32 instructions): the design gives every client of a scratchpad its own
-port, so each memory becomes flip-flops and read multiplexers, and their
-size rather than the array would dominate the figures (with 1 KiB
-scratchpads the 8x8 design exhausts the 4 GiB address space of the
-WebAssembly yosys). The tools take several minutes per design.
+32 instructions): the timing model lets every lane of a view, an im2col
+gather, a skewed drain column or a DMA beat address any byte in the same
+cycle, so the design gives each lane its own scratchpad port and yosys maps
+the scratchpads to flip-flops and read multiplexers, whose size rather than
+the array dominates the figures. The program memory is loaded through the
+design's `load_*` port, so its contents stay out of the netlist. The tools
+take minutes per design (mostly ABC9).
 """
 
 from __future__ import annotations

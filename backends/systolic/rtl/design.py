@@ -27,7 +27,10 @@ cycle for cycle (see `simulator.py`):
 Scratchpads are memories of 32-bit words written with byte masks; each
 client has its own ports (the weight-stationary roles are fixed: preload and
 bias read the filter scratchpad, stream reads the ifmap scratchpad, drain and
-the output unit use the ofmap scratchpad, the DMA engine all three).
+the output unit use the ofmap scratchpad, the DMA engine all three). A port
+per lane is what the timing model asks for: every lane of a view, an im2col
+gather, a skewed drain column or a DMA beat that crosses rows may address any
+byte in the same cycle. The program memory also has a byte-wide load port.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ class _Builder:
         self.cycle.set(self.cycle.q + 1)
 
         program_bits = max(1, (config.program_words - 1).bit_length())
-        self.program = m.memory("program", config.program_words, WORD, init_file=PROGRAM_FILE)
+        self.program = m.memory("program", config.program_words, WORD, mask=WORD // 8, init_file=PROGRAM_FILE)
+        self.program_loader(program_bits)
         self.dram = m.memory("dram", config.dram_bytes, 8, init_file=DRAM_FILE)
         self.spads = [m.memory(name, power_of_two_at_least(size // 4), 32, mask=4) for name, size in zip(SPADS, config.spad_bytes)]
         self.pc = m.reg("pc", program_bits)
@@ -180,6 +184,18 @@ class _Builder:
         m.output("error", self.error.q)
         m.output("cycles", self.end_cycle.q)
         m.output("dbg_data", self.dram.read(dbg_address))
+
+    def program_loader(self, program_bits: int) -> None:
+        """A byte-wide write port into the program memory (`load_en`, `load_addr` =
+        word * 32 + byte, `load_data`): a host can load programs without rebuilding
+        the design, and synthesis cannot fold the program memory's contents into
+        the decoder."""
+        m = self.m
+        enable = m.input("load_en", 1)
+        address = m.input("load_addr", program_bits + 5)
+        byte = m.input("load_data", 8)
+        lane = m.const(1, WORD // 8) << address[0:5].zext(WORD // 8)
+        self.program.write(address[5:], m.concat(*[byte] * (WORD // 8)), enable, lane)
 
     # -- sequencer ---------------------------------------------------------------------
 
@@ -509,7 +525,11 @@ class _Builder:
         requant = post["mode"].eq(isa.POST_MODES.index("requant"))
         wrapped = m.mux(out_i32, value, value[0:8].sext(32))
         shift = post["shift"].zext(64)
-        product = value.sext(64) * post["multiplier"].zext(64)
+        # The signed 32 x 32 product as an unsigned one minus the sign's weight: with
+        # zero-extended operands synthesis sees a 32 x 32 multiplier (DSP blocks), where
+        # sign-extended ones would make it a 64 x 32 one in logic.
+        multiplier = post["multiplier"].zext(64)
+        product = value.zext(64) * multiplier - m.mux(value[31], multiplier << 32, m.const(0, 64))
         half = m.const(1, 64) << (shift - 1)
         rounding = m.mux(shift.eq(0), m.const(0, 64), half - product[63].zext(64))
         scaled = (product + rounding).ashr(shift) + post["zero_point"].sext(64)
