@@ -31,6 +31,12 @@ class PassManagerOptions:
     stream: TextIO | None = None  # default: sys.stderr at the time of printing
 
 
+def quote_option(text: str) -> str:
+    """`text` as a string value in a pipeline (`tile{tiles="..."}`), so a
+    backend can spell user-given options into its pipeline safely."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def build_pipeline(pipeline: str) -> list[ModulePass]:
     """Parse `pipeline` into pass instances; unknown names are user errors."""
     passes: list[ModulePass] = []

@@ -10,14 +10,11 @@ from backends.base import Backend, CompileOptions
 from backends.cpu.artifact import CpuArtifact
 from compiler.artifact import ModelSignature
 from compiler.diagnostics import LoomError
+from compiler.pass_manager import quote_option
 from passes.registry import get_pass
 from passes.tile import format_tile_overrides
 
 DEFAULT_TARGET_CONFIG = "host"
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _registered(name: str) -> bool:
@@ -41,17 +38,17 @@ def cpu_pipeline(options: CompileOptions) -> str:
     epilogues inside, register tiles as vector FMA kernels -> scf loops over
     scalar arith/math, which `backends.cpu.emitter` turns into LLVM IR."""
     target = options.target_config or DEFAULT_TARGET_CONFIG
-    tile_options = [f"target-config={_quoted(target)}", f"threads={thread_count(options)}"]
+    tile_options = [f"target-config={quote_option(target)}", f"threads={thread_count(options)}"]
     if not options.fusion:
         tile_options.append("fuse-epilogues=false")
     if options.tiles:
-        tile_options.append(f"tiles={_quoted(format_tile_overrides(options.tiles))}")
+        tile_options.append(f"tiles={quote_option(format_tile_overrides(options.tiles))}")
     passes = [
         "convert-nn-to-linalg",
         "fuse-elementwise" if options.fusion and _registered("fuse-elementwise") else "",
         "bufferize",
         f"tile{{{' '.join(tile_options)}}}",
-        f"vectorize{{target-config={_quoted(target)}}}",
+        f"vectorize{{target-config={quote_option(target)}}}",
         "convert-linalg-to-loops",
         "expand-math",
         "lower-affine",

@@ -12,11 +12,8 @@ from backends.fpga.dse import apply_design, explore, fastest_fitting, reuse_ladd
 from compiler.artifact import ModelSignature
 from compiler.diagnostics import LoomError
 from compiler.model import find_model
+from compiler.pass_manager import quote_option
 from dialects import hls
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def fpga_pipeline(options: CompileOptions) -> str:
@@ -34,9 +31,9 @@ def fpga_pipeline(options: CompileOptions) -> str:
     passes += ["fuse-elementwise"] if options.fusion else []
     if "reuse_factor" in extra or "layers" in extra:
         directives = [f"reuse-factor={int(extra.get('reuse_factor', 1))}", f"partition={int(extra.get('partition', 0))}"]
-        directives += [f"layers={_quoted(extra['layers'])}"] if extra.get("layers") else []
-        schedule = [f"mode={_quoted(mode)}"]
-        schedule += [f"target-config={_quoted(options.target_config)}"] if options.target_config else []
+        directives += [f"layers={quote_option(extra['layers'])}"] if extra.get("layers") else []
+        schedule = [f"mode={quote_option(mode)}"]
+        schedule += [f"target-config={quote_option(options.target_config)}"] if options.target_config else []
         passes += [f"hls-directives{{{' '.join(directives)}}}", f"hls-schedule{{{' '.join(schedule)}}}"]
     return ",".join(passes)
 

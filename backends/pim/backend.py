@@ -8,11 +8,8 @@ from backends.base import Backend, CompileOptions
 from backends.pim.artifact import PimArtifact
 from backends.pim.program import build_program
 from compiler.artifact import ModelSignature
+from compiler.pass_manager import quote_option
 from passes.pim_map import DEFAULT_TARGET
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def pim_pipeline(options: CompileOptions) -> str:
@@ -20,10 +17,10 @@ def pim_pipeline(options: CompileOptions) -> str:
     left to the host -> each placed product expanded into broadcast, MAC,
     read-out and host reduction. `extra["pim_precision"]` ('f16') and
     `extra["pim_mode"]` (all-bank, per-bank, host) override the cost model."""
-    spelled = [f"target-config={_quoted(options.target_config or DEFAULT_TARGET)}"]
+    spelled = [f"target-config={quote_option(options.target_config or DEFAULT_TARGET)}"]
     for key, option in (("pim_precision", "precision"), ("pim_mode", "mode")):
         if options.extra.get(key):
-            spelled.append(f"{option}={_quoted(str(options.extra[key]))}")
+            spelled.append(f"{option}={quote_option(str(options.extra[key]))}")
     return f"pim-map{{{' '.join(spelled)}}},dce,pim-expand"
 
 

@@ -8,11 +8,8 @@ from backends.base import Backend, CompileOptions
 from backends.systolic.artifact import SystolicArtifact
 from backends.systolic.codegen import compile_program
 from compiler.artifact import ModelSignature
+from compiler.pass_manager import quote_option
 from passes.convert_to_systolic import DEFAULT_TARGET, check_dataflow, parse_array
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def systolic_pipeline(options: CompileOptions) -> str:
@@ -26,9 +23,9 @@ def systolic_pipeline(options: CompileOptions) -> str:
         parse_array(array)
     if dataflow:
         check_dataflow(dataflow)
-    spelled = [f"target-config={_quoted(options.target_config or DEFAULT_TARGET)}"]
-    spelled += [f"array={_quoted(array)}"] if array else []
-    spelled += [f"dataflow={_quoted(dataflow)}"] if dataflow else []
+    spelled = [f"target-config={quote_option(options.target_config or DEFAULT_TARGET)}"]
+    spelled += [f"array={quote_option(array)}"] if array else []
+    spelled += [f"dataflow={quote_option(dataflow)}"] if dataflow else []
     spelled += [] if options.fusion else ["fuse-epilogues=false"]
     return f"convert-to-systolic{{{' '.join(spelled)}}},dce,tile-systolic"
 
