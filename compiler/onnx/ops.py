@@ -7,6 +7,7 @@ in nn is a LoomError naming the node, never an approximation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -268,10 +269,9 @@ def _padding(
     return begins
 
 
-@converts("Conv")
-def _conv(node: NodeContext) -> Value:
-    x, w = node.tensor(0), node.tensor(1)
-    bias = node.optional_tensor(2)
+def conv_window(node: NodeContext, x: SSAValue, w: SSAValue) -> dict[str, list[int] | int]:
+    """The nn conv2d parameters of a Conv-like node (Conv, QLinearConv):
+    stride, padding, dilation and groups, checked against the weights."""
     sizes = _spatial(node, x, "convolution")
     kernel = shape_of(w)[2:]
     declared = node.attr("kernel_shape")
@@ -280,10 +280,15 @@ def _conv(node: NodeContext) -> Value:
     strides = list(node.attr("strides", [1, 1]))
     dilations = list(node.attr("dilations", [1, 1]))
     padding = _padding(node, sizes, kernel, strides, dilations)
+    return {"stride": strides, "padding": padding, "dilation": dilations, "groups": node.attr("group", 1)}
+
+
+@converts("Conv")
+def _conv(node: NodeContext) -> Value:
+    x, w = node.tensor(0), node.tensor(1)
+    bias = node.optional_tensor(2)
     operands = [x, w] if bias is None else [x, w, bias]
-    return node.emit(
-        nn.Conv2dOp, operands, stride=strides, padding=padding, dilation=dilations, groups=node.attr("group", 1)
-    )
+    return node.emit(nn.Conv2dOp, operands, **conv_window(node, x, w))
 
 
 def _pool_params(node: NodeContext, x: SSAValue) -> dict[str, list[int]]:
@@ -451,7 +456,7 @@ def _split(node: NodeContext) -> tuple[Value, ...]:
     offsets = np.cumsum([0, *sizes])
     return tuple(
         node.emit(nn.SliceOp, [x], starts=[int(start)], ends=[int(end)], axes=[axis])
-        for start, end in zip(offsets[:-1], offsets[1:])
+        for start, end in itertools.pairwise(offsets)
     )
 
 

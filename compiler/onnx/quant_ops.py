@@ -35,7 +35,7 @@ from xdsl.ir import Attribute, SSAValue
 
 from compiler.onnx.graph import Constant, GraphImporter, NodeContext, Value, shape_of
 from compiler.onnx.model import node_label, type_name
-from compiler.onnx.ops import _padding, _spatial, converts
+from compiler.onnx.ops import conv_window, converts
 from dialects import nn, quant
 
 
@@ -383,14 +383,7 @@ def _qlinear_conv(node: NodeContext) -> Value:
     bias at the scale x_scale * w_scale."""
     x, w = _operand(node, 0), _operand(node, 3)
     output = _output(node, 6)
-    sizes = _spatial(node, x.values, "convolution")
-    kernel = shape_of(w.values)[2:]
-    declared = node.attr("kernel_shape")
-    if declared is not None and list(declared) != kernel:
-        raise node.error(f"kernel_shape {list(declared)} does not match the weights' {kernel}")
-    strides = list(node.attr("strides", [1, 1]))
-    dilations = list(node.attr("dilations", [1, 1]))
-    padding = _padding(node, sizes, kernel, strides, dilations)
+    window = conv_window(node, x.values, w.values)
     bias = []
     if node.has_input(8):
         fmt = _format(node, _elem_type(node, 8), (TensorProto.INT32,), "bias")
@@ -398,8 +391,7 @@ def _qlinear_conv(node: NodeContext) -> Value:
     channels = shape_of(w.values)[0]
     x_scale, x_zero_point = _per_tensor(node, x, "x", "per-channel")
     acc = node.emit(
-        quant.Conv2dOp, [x.values, w.values, *bias], stride=strides, padding=padding, dilation=dilations,
-        groups=node.attr("group", 1), input_zero_point=x_zero_point,
+        quant.Conv2dOp, [x.values, w.values, *bias], **window, input_zero_point=x_zero_point,
         weight_zero_point=_uniform(node, w.zero_point, "w_zero_points"),
     )
     w_scale = _per_channel(node, w.scale, channels, "w_scale")
