@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,10 @@ def parse_scheme(name: str, group: int, where: str = "") -> LayerPlan | None:
     raise LoomError(f"unknown quantization scheme '{name}'{where} (known: {', '.join(SCHEMES)}, or w4-groupN)")
 
 
-@dataclass
-class Settings:
-    """Everything the quantize pass was asked for: its options, overridden by
-    the keys of the quant-config file, plus that file's per-layer plans."""
+@dataclass(frozen=True)
+class QuantOptions:
+    """The quantize pass's options (docs/quantization.md). The pass declares
+    them by inheriting this class, so they are written once."""
 
     scheme: str = "int8-per-channel"
     calibration: str | None = None
@@ -89,7 +89,18 @@ class Settings:
     weight_method: str = "minmax"
     group: int = 64
     bits: float = 6.0
+
+
+@dataclass(frozen=True)
+class Settings(QuantOptions):
+    """Everything the quantize pass was asked for: its options, overridden by
+    the keys of the quant-config file, plus that file's per-layer plans."""
+
     layers: dict[str, LayerPlan] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: QuantOptions) -> Settings:
+        return cls(**{f.name: getattr(options, f.name) for f in fields(QuantOptions)})
 
     def check(self) -> None:
         if self.method not in RANGE_METHODS:

@@ -75,7 +75,7 @@ from passes.quant_calibration import (
     model_outputs,
     sqnr_db,
 )
-from passes.quant_plan import FP32, LayerPlan, Settings, choose_mixed, load_settings
+from passes.quant_plan import FP32, LayerPlan, QuantOptions, Settings, choose_mixed, load_settings
 from passes.quant_weights import QuantizedWeight, quantize_groups, quantize_symmetric, search_group_clip
 
 QUANT_ATTR = "loom.quant"
@@ -641,28 +641,18 @@ def quant_report(module: ModuleOp, model: str | None = None) -> dict | None:
 
 
 @dataclass(frozen=True)
-class QuantizePass(ModulePass):
+class QuantizePass(ModulePass, QuantOptions):
     """Post-training quantization of matmul/conv2d layers to int8, weight-only int4 (AWQ) or a mix.
 
-    Options as in docs/quantization.md; `quant-config` names a TOML file
-    whose keys override them."""
+    Options as in docs/quantization.md (`QuantOptions`); `quant-config` names
+    a TOML file whose keys override them."""
 
     name = "quantize"
 
-    scheme: str = "int8-per-channel"
-    calibration: str | None = None
     quant_config: str | None = None
-    method: str = "mse"
-    percentile: float = 99.99
-    symmetric: bool = False
-    weight_method: str = "minmax"
-    group: int = 64
-    bits: float = 6.0
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        base = Settings(self.scheme, self.calibration, self.method, self.percentile, self.symmetric,
-                        self.weight_method, self.group, self.bits)
-        settings = load_settings(self.quant_config, base)
+        settings = load_settings(self.quant_config, Settings.of(self))
         for f in models(op):
             ModelQuantizer(f, settings).run()
 
