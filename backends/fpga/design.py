@@ -31,6 +31,7 @@ from xdsl.dialects.linalg import ops as linalg
 from xdsl.ir import BlockArgument, OpResult, SSAValue
 
 from backends.fpga.device import FpgaDevice, type_bits
+from backends.fpga.fabric import fabric_luts
 from backends.fpga.hls_model import NestSchedule, annotate, schedule_nest
 from compiler.diagnostics import LoomError
 from dialects import hls, nn
@@ -61,6 +62,7 @@ class EngineEstimate:
     nests: list[NestSchedule]
     producers: list[str]
     start: int = 0
+    fabric_luts: int = 0  # control, address walkers and crossbars of its nests
 
     @property
     def name(self) -> str:
@@ -76,7 +78,7 @@ class EngineEstimate:
 
     @property
     def luts(self) -> int:
-        return sum(n.luts for n in self.nests)
+        return sum(n.luts for n in self.nests) + self.fabric_luts
 
 
 @dataclass
@@ -143,7 +145,9 @@ def _buffer_blocks(engines: list[tuple[str, list[NestSchedule]]], device: FpgaDe
         t = root.type
         assert isinstance(t, TensorType)
         depth = math.ceil(math.prod(t.get_shape()) / count)
-        blocks[_buffer_name(root, number)] = (owner[root], count * device.ebr_blocks_for(depth, type_bits(t)))
+        in_lut_ram = depth * type_bits(t) <= device.register_bits  # priced in LUTs (fabric.py)
+        blocks[_buffer_name(root, number)] = (owner[root], 0 if in_lut_ram else
+                                              count * device.ebr_blocks_for(depth, type_bits(t)))
     return blocks
 
 
@@ -166,6 +170,16 @@ def _rebind(nests: list[NestSchedule], device: FpgaDevice, over: int) -> list[Ne
     return out
 
 
+def nests_area(nests: list[NestSchedule], device: FpgaDevice, shared: bool) -> tuple[int, int]:
+    """(DSP blocks, LUTs) of nests side by side, or `shared` on one engine as large as
+    the largest nest with its control; buffers' LUT RAM and write merges count either way."""
+    fabric = fabric_luts(nests, device, buffer_root)
+    if not shared:
+        return sum(n.dsps for n in nests), sum(n.luts for n in nests) + fabric.total
+    largest = max((n.luts + fabric.per_nest[n.op] for n in nests), default=0)
+    return max((n.dsps for n in nests), default=0), largest + fabric.total - sum(fabric.per_nest.values())
+
+
 def estimate_design(model: func.FuncOp, device: FpgaDevice, mode: str = "auto") -> DesignEstimate:
     """Schedule every nest of every engine of `model` and choose (or apply) the mode."""
     if mode not in MODES:
@@ -179,11 +193,11 @@ def estimate_design(model: func.FuncOp, device: FpgaDevice, mode: str = "auto") 
     brams = sum(blocks for _, blocks in buffers.values())
 
     def dataflow_area(all_nests: list[NestSchedule]) -> tuple[int, int]:
-        luts = sum(n.luts for n in all_nests) + len(engines_ops) * device.engine_luts + streams * device.channel_luts
-        return sum(n.dsps for n in all_nests), luts
+        dsps, luts = nests_area(all_nests, device, shared=False)
+        return dsps, luts + streams * device.channel_luts
 
     def shared_area(all_nests: list[NestSchedule]) -> tuple[int, int]:
-        return max((n.dsps for n in all_nests), default=0), max((n.luts for n in all_nests), default=0) + device.engine_luts
+        return nests_area(all_nests, device, shared=True)
 
     dsps, luts = dataflow_area(flat)
     fits_dataflow = dsps <= device.dsps and luts <= device.luts and brams <= device.ebr_blocks
@@ -203,8 +217,10 @@ def estimate_design(model: func.FuncOp, device: FpgaDevice, mode: str = "auto") 
         dsps, luts = area(flat)
         reason += "; multipliers beyond the DSP blocks are bound to LUTs"
     estimates, position = [], 0
+    per_nest = fabric_luts(flat, device, buffer_root).per_nest
     for engine, group in zip(engines_ops, nests):
-        estimates.append(EngineEstimate(engine, flat[position:position + len(group)], _producers(engine, by_op)))
+        mine = flat[position:position + len(group)]
+        estimates.append(EngineEstimate(engine, mine, _producers(engine, by_op), fabric_luts=sum(per_nest[n.op] for n in mine)))
         position += len(group)
     finish: dict[str, int] = {}
     clock = 0

@@ -46,8 +46,8 @@ class FpgaDevice:
     loop_overhead: int
     dsp_width: int
     ebr_shapes: tuple[tuple[int, int], ...]
+    lut_ram_shape: tuple[int, int]
     channel_luts: int
-    engine_luts: int
     ops: dict[str, dict[str, int]]
 
     @staticmethod
@@ -80,8 +80,8 @@ class FpgaDevice:
             loop_overhead=int(need(hls, "loop_overhead_cycles", "params.hls")),
             dsp_width=int(need(hls, "dsp_width", "params.hls")),
             ebr_shapes=tuple((int(d), int(w)) for d, w in need(hls, "ebr_shapes", "params.hls")),
+            lut_ram_shape=tuple(int(v) for v in need(hls, "lut_ram_shape", "params.hls")),  # type: ignore[arg-type]
             channel_luts=int(need(hls, "channel_luts", "params.hls")),
-            engine_luts=int(need(hls, "engine_luts", "params.hls")),
             ops={name: dict(entry) for name, entry in hls["ops"].items()},
         )
 
@@ -98,7 +98,7 @@ class FpgaDevice:
         entry = self.op_class(op_class)
         luts = entry.get("luts", 0) + entry.get("luts_per_bit", 0) * bits
         luts += entry.get("luts_per_product_bit", 0) * product_bits
-        return OpCost(int(entry["latency"]), int(luts), int(entry.get("dsps", dsps)))
+        return OpCost(int(entry["latency"]), math.ceil(luts), int(entry.get("dsps", dsps)))
 
     def dsp_blocks(self, a_bits: int, b_bits: int) -> int:
         """sysDSP blocks for an a x b multiplier (signed operands of `dsp_width` bits each)."""
@@ -106,7 +106,12 @@ class FpgaDevice:
 
     def ebr_blocks_for(self, depth: int, width: int) -> int:
         """Blocks of one memory bank of `depth` words of `width` bits, in its best configuration."""
-        return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in self.ebr_shapes)
+        d, w = self.ebr_shape_for(depth, width)
+        return math.ceil(width / w) * math.ceil(depth / d)
+
+    def ebr_shape_for(self, depth: int, width: int) -> tuple[int, int]:
+        """The depth x width configuration that needs the fewest blocks for a bank (the deepest on a tie)."""
+        return min(self.ebr_shapes, key=lambda s: (math.ceil(width / s[1]) * math.ceil(depth / s[0]), -s[0]))
 
 
 # --------------------------------------------------------------------------

@@ -4,8 +4,17 @@ Values: every loop nest runs in its loop order with the arithmetic of its
 body ops on numpy arrays of the IR's types (i8/i32/i64 wrap, f32 rounds
 once per op), all parallel points at once and the reduction loops one point
 after another, so accumulators add up in the order the hardware adds them.
-Int8 models are therefore bit-exact with the reference interpreter; f32
+Int8 datapaths are therefore bit-exact with the reference interpreter; f32
 sums differ from numpy's pairwise ones only by rounding.
+
+A quantized model's float edges (quantizing the input, dequantizing and a
+softmax at the end) are not FPGA datapaths: they run on the host, in
+numpy, like the reference. `host_nests` picks them out and `run_host_nest`
+evaluates them the way numpy evaluates the reference's kernels, the whole
+iteration space at once with each reduction done by its ufunc's `reduce`
+(numpy's pairwise summation) instead of one accumulation per iteration;
+so the end-to-end outputs of a quantized model equal the interpreter's
+bit for bit, not only its integers.
 
 Cycles: a pipelined nest issues an iteration (all lanes) every II cycles
 and finishes its last one `depth` cycles after issuing it, plus the FSM's
@@ -65,6 +74,11 @@ _UNARY: dict[type[Operation], Callable] = {
     mathd.ExpOp: np.exp, mathd.TanhOp: np.tanh, mathd.SqrtOp: np.sqrt, mathd.RoundEvenOp: np.rint,
     mathd.AbsFOp: np.abs, arith.NegfOp: np.negative,
 }
+# Reductions the host hands to numpy: the combiner of a reduction nest -> its ufunc.
+_REDUCERS: dict[type[Operation], np.ufunc] = {
+    arith.AddfOp: np.add, arith.MulfOp: np.multiply, arith.MaximumfOp: np.maximum, arith.MinimumfOp: np.minimum,
+    arith.MaxnumfOp: np.fmax, arith.MinnumfOp: np.fmin,
+}
 _CASTS = (arith.ExtSIOp, arith.TruncIOp, arith.SIToFPOp, arith.FPToSIOp, arith.ExtFOp, arith.TruncFOp)
 
 
@@ -88,6 +102,32 @@ def eval_index(amap, dims: list) -> tuple:
     return tuple(expr.eval(dims, []) for expr in amap.results)
 
 
+def _is_integer(t: Attribute) -> bool:
+    return isinstance(t.element_type if isinstance(t, TensorType) else t, IntegerType)
+
+
+def is_integer_nest(op: Operation) -> bool:
+    """Whether every value a nest reads, computes and writes is an integer: an FPGA datapath of a quantized model."""
+    values = list(op.operands) + list(op.results)
+    if isinstance(op, linalg.GenericOp):
+        values += [v for body_op in op.body.block.ops for v in body_op.results]
+    return all(_is_integer(v.type) for v in values)
+
+
+def integer_span(nests: list[Operation]) -> tuple[int, int] | None:
+    """Positions of the first and last integer nest in program order (None: a float model)."""
+    integer = [i for i, op in enumerate(nests) if is_integer_nest(op)]
+    return (integer[0], integer[-1]) if integer else None
+
+
+def host_nests(model: func.FuncOp) -> set[Operation]:
+    """The float nests before a quantized model's first integer nest and after its
+    last one; a float model has none (all its nests are FPGA datapaths)."""
+    nests = [op for op in model.walk() if isinstance(op, linalg.GenericOp | linalg.FillOp)]
+    span = integer_span(nests)
+    return set() if span is None else set(nests[:span[0]] + nests[span[1] + 1:])
+
+
 @dataclass
 class NestRun:
     name: str
@@ -108,6 +148,7 @@ class Simulator:
         self.model = model
         self.device = device
         self.mode = model.attributes[hls.MODE_ATTR].data  # type: ignore[union-attr]
+        self.host_nests = host_nests(model)
 
     # ---- values ----------------------------------------------------------
 
@@ -119,6 +160,8 @@ class Simulator:
             out[...] = values[op.inputs[0]]
             return out
         assert isinstance(op, linalg.GenericOp)
+        if op in self.host_nests and self.run_host_nest(op, nest, values, out):
+            return out
         inputs = [values[v] for v in op.inputs]
         parallel_dims = [d for d, p in enumerate(nest.parallel) if p]
         reduce_dims = [d for d, p in enumerate(nest.parallel) if not p]
@@ -134,14 +177,47 @@ class Simulator:
             out[target] = self.run_body(op.body.block, [*reads, out[target]])
         return out
 
-    def run_body(self, block, args: list[np.ndarray]) -> np.ndarray:
+    def run_host_nest(self, op: linalg.GenericOp, nest: Nest, values: dict[SSAValue, np.ndarray],
+                      out: np.ndarray) -> bool:
+        """Evaluate a host nest as numpy does, into `out`; False when its body is not
+        `acc <combiner> f(inputs)` with `acc` used only there (then it runs in loop order).
+
+        The body's `f` is computed over the whole iteration space, reduced over the
+        reduction dims by the combiner's ufunc (`np.add.reduce` sums pairwise, as
+        `np.sum` in the reference does) and combined once with the initial value."""
+        block = op.body.block
+        acc = block.args[-1]
+        reduce_dims = tuple(d for d, p in enumerate(nest.parallel) if not p)
+        combiner = block.last_op.operands[0].owner  # type: ignore[union-attr]
+        if (not reduce_dims or type(combiner) not in _REDUCERS or not acc.has_one_use()
+                or acc not in combiner.operands):  # type: ignore[union-attr]
+            return False
+        dims = list(np.indices(nest.trips))
+        reads = [values[v][eval_index(amap, dims)] for v, amap in zip(op.inputs, nest.maps)]
+        env = self.body_values(block, [*reads, out], until=combiner)  # type: ignore[arg-type]
+        term = next(v for v in combiner.operands if v is not acc)  # type: ignore[union-attr]
+        contributions = np.broadcast_to(env[term], nest.trips)
+        reduced = _REDUCERS[type(combiner)].reduce(contributions, axis=reduce_dims)
+        kept = [d for d in range(len(nest.trips)) if d not in reduce_dims]
+        grids = iter(np.indices(reduced.shape))
+        target = eval_index(nest.maps[-1], [next(grids) if d in kept else 0 for d in range(len(nest.trips))])
+        ordered = [out[target] if v is acc else reduced for v in combiner.operands]  # type: ignore[union-attr]
+        with np.errstate(all="ignore"):
+            out[target] = scalar_op(combiner, ordered)  # type: ignore[arg-type]
+        return True
+
+    def body_values(self, block, args: list[np.ndarray], until: Operation | None = None) -> dict[SSAValue, np.ndarray]:
+        """The values of the body ops before `until` (or the yield) for the given arguments."""
         env: dict[SSAValue, np.ndarray] = dict(zip(block.args, args))
         with np.errstate(all="ignore"):
             for body_op in block.ops:
-                if isinstance(body_op, linalg.YieldOp):
-                    return env[body_op.operands[0]]
+                if body_op is until or isinstance(body_op, linalg.YieldOp):
+                    return env
                 env[body_op.results[0]] = scalar_op(body_op, [env[v] for v in body_op.operands])
         raise InternalError("a loop body without linalg.yield")
+
+    def run_body(self, block, args: list[np.ndarray]) -> np.ndarray:
+        return self.body_values(block, args)[block.last_op.operands[0]]
 
     def run_op(self, op: Operation, values: dict[SSAValue, np.ndarray]) -> None:
         if isinstance(op, nn.ConstantOp):

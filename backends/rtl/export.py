@@ -9,7 +9,9 @@ input on combinational read ports that it never reads; its files carry a
 `lint_off UNUSEDSIGNAL` so `verilator -Wall` stays quiet about it. Randomised
 initial values are turned off: they need macros the exported file does not
 define, and every register here has a reset anyway. Source locations are
-left out so the same design always gives the same bytes.
+left out so the same design always gives the same bytes. A design with
+`fsm.machine`s has them lowered first (`convert-fsm-to-sv`: one module per
+machine, its states an enum typedef in `fsm_enum_typedefs.sv`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from compiler.diagnostics import InternalError
 PIPELINE = ("builtin.module(canonicalize, cse, lower-seq-firmem, lower-seq-to-sv{disable-reg-randomization}, "
             "hw-memory-sim{disable-mem-randomization disable-reg-randomization}, "
             "hw.module(prettify-verilog), hw.module(hw-cleanup))")
+FSM_PIPELINE = "builtin.module(convert-fsm-to-sv)"
 LOWERING_OPTIONS = "locationInfoStyle=none,omitVersionComment,disallowLocalVariables"
 
 
@@ -49,6 +52,8 @@ def export_verilog(design: ModuleOp) -> dict[str, str]:
         try:
             module = ir.Module.parse(text)
             module.operation.attributes["circt.loweringOptions"] = ir.StringAttr.get(LOWERING_OPTIONS)
+            if any(op.name == "fsm.machine" for op in design.ops):
+                passmanager.PassManager.parse(FSM_PIPELINE).run(module.operation)
             passmanager.PassManager.parse(PIPELINE).run(module.operation)
             with tempfile.TemporaryDirectory(prefix="loom-verilog-") as directory:
                 circt.export_split_verilog(module, directory)

@@ -348,6 +348,6 @@ class ModuleBuilder:
         return hw.HWModuleOp(StringAttr(self.name), module_type, Region(self.block))
 
 
-def design(*modules: hw.HWModuleOp) -> ModuleOp:
-    """The builtin module that holds a design's hw modules."""
+def design(*modules: Operation) -> ModuleOp:
+    """The builtin module that holds a design's hw modules (and any `fsm.machine`s they instantiate)."""
     return ModuleOp(list(modules))

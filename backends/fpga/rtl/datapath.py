@@ -12,14 +12,20 @@ The store writes at its cycle when the valid bit says the iteration is real.
 
 Integer ops only: i8/i32/i64 wrap as the simulator's numpy arrays do, and
 multipliers are built as wide as the bits their operands can hold (the
-figure the DSP estimate uses), then sign-extended.
+figure the DSP estimate uses), then sign-extended. A multiplier of two or
+more cycles spends its first cycle on one side of the DSP blocks: after
+them when it takes several (each block's product registered, their sum in
+the next cycle), else before (its operands registered).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 from dataclasses import dataclass
 
-from xdsl.dialects import arith
+from xdsl.dialects import arith, hw
 from xdsl.dialects.builtin import IntegerAttr, IntegerType
 from xdsl.dialects.linalg import ops as linalg
 from xdsl.ir import Operation, SSAValue
@@ -56,7 +62,10 @@ def _bank_coords(plan: AccessPlan, bank: int) -> tuple[int, ...]:
 
 
 class Walker:
-    """The row and bank of every lane position of one access, one iteration per issue."""
+    """The row and bank of every lane position of one access, one iteration per issue.
+
+    Positions whose bank never moves and that start on the same row (lanes
+    spread over the banks of one row) share one row register."""
 
     def __init__(self, m: ModuleBuilder, name: str, plan: AccessPlan, control: NestControl):
         self.m, self.plan = m, plan
@@ -65,11 +74,15 @@ class Walker:
         moving = [plan.moving_bank(a) for a in range(len(layout.dims))]
         self.positions: list[Position] = []
         self.delayed: dict[int, list[Position]] = {}
+        shared_rows: dict[int, Signal] = {}  # first row -> its walker, for positions whose bank stays
         for number, lane in enumerate(plan.positions):
             quotients = [s // d.factor for s, d in zip(lane.start, layout.dims)]
             rests = [s % d.factor for s, d in zip(lane.start, layout.dims)]
-            row = m.reg(f"{name}_p{number}_row", self.row_bits,
-                        init=sum(q * s for q, s in zip(quotients, layout.row_strides())) % (1 << self.row_bits))
+            first_row = sum(q * s for q, s in zip(quotients, layout.row_strides())) % (1 << self.row_bits)
+            if not any(moving) and first_row in shared_rows:  # same start, same steps: the same walker
+                self.positions.append(Position(shared_rows[first_row], tuple(rests)))
+                continue
+            row = m.reg(f"{name}_p{number}_row", self.row_bits, init=first_row)
             residues: list[Signal | int] = []
             registers = {}
             for a, (dim, rest) in enumerate(zip(layout.dims, rests)):
@@ -94,6 +107,7 @@ class Walker:
                 for extra in wraps:
                     next_row = next_row + extra
                 row.set(next_row, when=control.issue & advancing)
+            shared_rows[first_row] = row.q
             self.positions.append(Position(row.q, tuple(residues)))
 
     def at(self, stage: int) -> list[Position]:
@@ -123,8 +137,9 @@ class NestDatapath:
     """All lanes of one nest, reading and writing the buffers' banks."""
 
     def __init__(self, m: ModuleBuilder, name: str, ns: NestSchedule, plans: list[AccessPlan | None],
-                 banks: dict[str, list[BankPorts]], control: NestControl, constants: dict[int, int]):
+                 banks: dict[str, list[BankPorts]], control: NestControl, constants: dict[int, int], dsp_width: int):
         self.m, self.name, self.ns, self.plans, self.banks, self.control = m, name, ns, plans, banks, control
+        self.dsp_width = dsp_width
         self.walkers = [Walker(m, f"{name}_a{k}", plan, control) if plan else None for k, plan in enumerate(plans)]
         self.constants = constants  # operand -> value, for scalar operands (a fill's value)
         self.output = len(plans) - 1
@@ -157,9 +172,22 @@ class NestDatapath:
                 return self.at(value, at, start["store"])
             name = names[op]
             stage = start[name]
+            latency = ns.graph.nodes[name].latency
             operands = [self.at(*ready[v], stage) for v in op.operands]
-            result = self.operation(op, operands, bits)
-            ready[op.results[0]] = (delay(m, result, ns.graph.nodes[name].latency), stage + ns.graph.nodes[name].latency)
+            if isinstance(op, arith.MuliOp) and latency > 1:
+                # one of the multiplier's registers moves inside it: after its DSP blocks' products
+                # when it needs several (their sum is then a cycle of its own), else on its inputs
+                # (so no path runs from a memory's read mux through the DSP block in one cycle)
+                blocks = self.dsp_products(op, operands, bits)
+                if blocks is None:
+                    operands = [v if isinstance(v.value.owner, hw.ConstantOp) else delay(m, v, 1) for v in operands]
+                    result = self.operation(op, operands, bits)
+                else:
+                    result = self.registered_sum(blocks, op.results[0].type.width.data)  # type: ignore[attr-defined]
+                latency -= 1
+            else:
+                result = self.operation(op, operands, bits)
+            ready[op.results[0]] = (delay(m, result, latency), stage + ns.graph.nodes[name].latency)
         raise UnsupportedDesign("a loop body without linalg.yield")
 
     def at(self, value: Signal, ready: int, stage: int) -> Signal:
@@ -203,6 +231,31 @@ class NestDatapath:
             return simple[type(op)]()
         raise UnsupportedDesign(f"the RTL generator does not build {op.name}")
 
+    def dsp_products(self, op: Operation, operands: list[Signal],
+                     bits: dict[SSAValue, int]) -> list[tuple[Signal, int]] | None:
+        """A product wider than one DSP block as each block's product and its shift: operands cut
+        into unsigned low pieces of `dsp_width - 1` bits and a signed top piece. None for a
+        one-block product, or one the pieces would take more blocks for than the estimate counts."""
+        w = self.dsp_width
+        sizes = [value_bits(v, bits) for v in op.operands]
+        counts = [1 if n <= w else 1 + math.ceil((n - w) / (w - 1)) for n in sizes]
+        if counts == [1, 1] or counts != [math.ceil(n / w) for n in sizes]:
+            return None
+        a_pieces, b_pieces = (_dsp_pieces(v, n, count, w) for v, n, count in zip(operands, sizes, counts))
+        return [(a.sext(2 * w) * b.sext(2 * w), a_shift + b_shift)
+                for a, a_shift in a_pieces for b, b_shift in b_pieces]
+
+    def registered_sum(self, blocks: list[tuple[Signal, int]], width: int) -> Signal:
+        """The `width`-bit sum of the shifted block products, each registered first with
+        only the bits that reach the sum."""
+        m, terms = self.m, []
+        for product, shift in blocks:
+            if shift >= width:
+                continue
+            kept = delay(m, product.trunc(min(product.width, width - shift)), 1).sext(width - shift)
+            terms.append(m.concat(kept, m.const(0, shift)) if shift else kept)
+        return functools.reduce(operator.add, terms)
+
     # -- memory --------------------------------------------------------------------------
 
     def load(self, operand: int, lane: int, stage: int) -> Signal:
@@ -228,11 +281,10 @@ class NestDatapath:
                 word = m.mux(enable.signal & store_row.signal.eq(row), store_data.signal, word)
             data[bank] = delay(m, word, min(latency, 1), f"{self.name}_l{operand}_b{bank}")
         coords_stage = walker.at(stage + min(latency, 1))
+        by_coords = {_bank_coords(plan, bank): word for bank, word in data.items()}
         values = []
         for position in coords_stage:
-            hits = [(data[bank], hit) for bank in data
-                    if (hit := position.targets(m, _bank_coords(plan, bank))) is not False]
-            values.append(delay(m, _route(m, hits), max(0, latency - 1)))
+            values.append(delay(m, _bank_word(m, plan, position.coords, by_coords), max(0, latency - 1)))
         return values
 
     def _writes_same_buffer(self, operand: int) -> bool:
@@ -263,6 +315,35 @@ class NestDatapath:
         for bank, edges in self.forwards.items():  # banks this nest never writes: nothing to forward
             for edge in edges:
                 edge.resolve(m.const(0, edge.signal.width))
+
+
+def _dsp_pieces(value: Signal, bits: int, count: int, width: int) -> list[tuple[Signal, int]]:
+    """`value` (`bits` signed bits) as `count` signed `width`-bit pieces and their shifts."""
+    low = width - 1
+    pieces = [(value[k * low:(k + 1) * low].zext(width), k * low) for k in range(count - 1)]
+    top = (count - 1) * low
+    return [*pieces, (value[top:bits].sext(width), top)]
+
+
+def _bank_word(m: ModuleBuilder, plan: AccessPlan, coords: tuple[Signal | int, ...],
+               words: dict[tuple[int, ...], Signal]) -> Signal:
+    """The word of the bank at `coords`: a mux tree on each bank coordinate that moves."""
+    for a, coord in enumerate(coords):
+        if not isinstance(coord, int):
+            options = [_bank_word(m, plan, coords[:a] + (value,) + coords[a + 1:], words)
+                       for value in range(plan.layout.dims[a].factor)]
+            return _tree(m, coord, options)
+    return words[coords]  # type: ignore[index]
+
+
+def _tree(m: ModuleBuilder, index: Signal, choices: list[Signal]) -> Signal:
+    """`choices[index]` as a balanced tree of 2:1 muxes on the bits of `index` (below len(choices))."""
+    level, bit = list(choices), 0
+    while len(level) > 1:
+        level = [m.mux(index[bit], level[k + 1], level[k]) if k + 1 < len(level) else level[k]
+                 for k in range(0, len(level), 2)]
+        bit += 1
+    return level[0]
 
 
 def _route(m: ModuleBuilder, choices: list[tuple[Signal, Signal | bool]]) -> Signal:

@@ -3,7 +3,8 @@
 The RTL builds integer datapaths: the run of loop nests, in program order,
 from the first whose operands are all integer tensors to the last. A
 quantized model's float edges (quantizing the input, dequantizing and a
-softmax at the end) stay on the host, computed by the schedule simulator;
+softmax at the end) stay on the host, computed by the schedule simulator
+the way numpy computes them (`simulator.host_nests`);
 a float nest between integer ones is an error. Within the region, each
 buffer gets a bank layout (`layout.py`) and each nest operand an access
 plan. Buffers the region reads but does not write are memories loaded
@@ -17,7 +18,6 @@ import re
 from dataclasses import dataclass, field
 
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import IntegerType, TensorType
 from xdsl.dialects.linalg import ops as linalg
 from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
@@ -31,6 +31,7 @@ from backends.fpga.rtl.layout import (
     make_layout,
     plan_access,
 )
+from backends.fpga.simulator import integer_span, is_integer_nest
 from dialects import hls, nn
 
 
@@ -49,6 +50,7 @@ class Region:
     layouts: dict[SSAValue, Layout]  # buffer root -> banks
     plans: dict[Operation, list[AccessPlan | None]]  # nest -> per operand
     scalars: dict[Operation, dict[int, int]]  # nest -> scalar operand values
+    dsp_width: int  # signed operand bits of one DSP multiplier
     constants: dict[SSAValue, nn.ConstantOp] = field(default_factory=dict)  # weights: root -> constant
     host_inputs: list[SSAValue] = field(default_factory=list)  # roots the host fills per run
     outputs: list[SSAValue] = field(default_factory=list)  # roots the host reads back
@@ -66,18 +68,6 @@ class Region:
             finish[engine.name] = start + sum(nest_cycles(ns, self.overhead)[1] for ns in engine.nests)
             clock = finish[engine.name]
         return max(finish.values(), default=0)
-
-
-def _integer(t) -> bool:
-    element = t.element_type if isinstance(t, TensorType) else t
-    return isinstance(element, IntegerType)
-
-
-def is_integer_nest(op: Operation) -> bool:
-    values = list(op.operands) + list(op.results)
-    if isinstance(op, linalg.GenericOp):
-        values += [v for body_op in op.body.block.ops for v in body_op.results]
-    return all(_integer(v.type) for v in values)
 
 
 def buffer_name(root: SSAValue, number: int) -> str:
@@ -106,11 +96,11 @@ def _touched(op: Operation) -> list[bool]:
 
 def find_region(model: func.FuncOp, design: DesignEstimate) -> Region:
     flat = [(engine, ns) for engine in design.engines for ns in engine.nests]
-    integer = [is_integer_nest(ns.op) for _, ns in flat]
-    if not any(integer):
+    span = integer_span([ns.op for _, ns in flat])
+    if span is None:
         raise UnsupportedDesign("the model has no integer loop nests (quantize it, e.g. --quantize int8)")
-    first, last = integer.index(True), len(integer) - 1 - integer[::-1].index(True)
-    if not all(integer[first:last + 1]):
+    first, last = span
+    if not all(is_integer_nest(ns.op) for _, ns in flat[first:last + 1]):
         raise UnsupportedDesign("a float loop nest sits between integer ones; the RTL builds integer datapaths")
     chosen = flat[first:last + 1]
     engines: list[RtlEngine] = []
@@ -141,7 +131,7 @@ def find_region(model: func.FuncOp, design: DesignEstimate) -> Region:
     plans = {ns.op: [plan_access(ns, k, layouts[buffer_root(v)]) if shape and touched[ns.op][k] else None
                      for k, (v, shape) in enumerate(zip(ns.op.operands, ns.nest.shapes))] for _, ns in chosen}
     region = Region(model.attributes[hls.MODE_ATTR].data, design.device.loop_overhead,  # type: ignore[union-attr]
-                    engines, layouts, plans, scalars)
+                    engines, layouts, plans, scalars, design.device.dsp_width)
     for root in accesses:
         if root in written:
             continue

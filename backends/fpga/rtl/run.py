@@ -58,7 +58,7 @@ class RtlDesign:
 
 def generate(model: func.FuncOp, design: DesignEstimate) -> RtlDesign:
     region = find_region(model, design)
-    sources = export_verilog(hw_design(top.build_module(region)))
+    sources = export_verilog(hw_design(*top.build_modules(region)))
     images: dict[str, str] = {}
     for root, constant in region.constants.items():
         images.update(buffer_images(region.layouts[root], constant.array()))

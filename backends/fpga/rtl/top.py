@@ -8,7 +8,9 @@ field as wide as the widest output needs (`readout_address`).
 
 from __future__ import annotations
 
-from backends.fpga.rtl.control import NestControl
+from xdsl.ir import Operation
+
+from backends.fpga.rtl.control import Machines, NestControl
 from backends.fpga.rtl.datapath import NestDatapath
 from backends.fpga.rtl.images import bank_file
 from backends.fpga.rtl.region import Region
@@ -31,7 +33,7 @@ def readout_address(region: Region, output: int, bank: int, row: int) -> int:
     return (output << (bank_bits + row_bits)) | (bank << row_bits) | row
 
 
-def build(region: Region) -> ModuleBuilder:
+def build(region: Region, machines: Machines) -> ModuleBuilder:
     m = ModuleBuilder(TOP)
     loaded = set(region.constants) | set(region.host_inputs)
     banks = {layout.name: [BankPorts(m.memory(f"{layout.name}_b{b}", layout.depth, layout.width,
@@ -50,8 +52,8 @@ def build(region: Region) -> ModuleBuilder:
         controls = []
         for k, ns in enumerate(engine.nests):
             prefix = f"e{number}n{k}"
-            control = NestControl(m, prefix, ns, region.overhead, first=not waits and k == 0)
-            NestDatapath(m, prefix, ns, region.plans[ns.op], banks, control, region.scalars[ns.op])
+            control = NestControl(m, prefix, ns, region.overhead, not waits and k == 0, machines)
+            NestDatapath(m, prefix, ns, region.plans[ns.op], banks, control, region.scalars[ns.op], region.dsp_width)
             if controls:
                 control.start(controls[-1].last)
             controls.append(control)
@@ -79,12 +81,13 @@ def build(region: Region) -> ModuleBuilder:
     return m
 
 
-def build_module(region: Region):
-    """The finished `hw.module`, its delay registers narrowed."""
-    module = build(region).finish()
+def build_modules(region: Region) -> list[Operation]:
+    """The nests' `fsm.machine`s and the finished top `hw.module`, its delay registers narrowed."""
+    machines = Machines()
+    module = build(region, machines).finish()
     narrow_delays(module.body.block)
     name_dropped_low_bits(module.body.block)
-    return module
+    return [*machines.ops(), module]
 
 
 def _readout(m: ModuleBuilder, region: Region, banks: dict[str, list[BankPorts]]) -> None:
