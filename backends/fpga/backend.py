@@ -10,7 +10,7 @@ from backends.fpga.design import MODES, estimate_design
 from backends.fpga.device import FpgaDevice
 from backends.fpga.dse import apply_design, explore, fastest_fitting, reuse_ladder
 from compiler.artifact import ModelSignature
-from compiler.diagnostics import LoomError
+from compiler.diagnostics import InternalError, LoomError
 from compiler.model import find_model
 from compiler.pass_manager import quote_option
 from dialects import hls
@@ -57,5 +57,8 @@ class FpgaBackend(Backend):
             apply_design(module, device, best.reuse_factor, best.partition, mode)
             chosen = "fastest fitting design" if best.fits else "smallest design (none fits)"
             options.extra.setdefault("reuse_factor", best.reuse_factor)
-        design = estimate_design(model, device, model.attributes[hls.MODE_ATTR].data)  # type: ignore[union-attr]
+        # Estimated under the mode asked for, so the report says why auto chose what it did.
+        design = estimate_design(model, device, options.extra.get("mode", "auto"))
+        if design.mode != model.attributes[hls.MODE_ATTR].data:  # type: ignore[union-attr]
+            raise InternalError(f"the design was scheduled {model.attributes[hls.MODE_ATTR]} but estimates {design.mode}")
         return FpgaArtifact(module, signature, device, design, chosen)
