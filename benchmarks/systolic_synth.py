@@ -1,26 +1,27 @@
 """FPGA resources and Fmax of the systolic array's Verilog on a Lattice ECP5.
 
-    .venv/bin/python benchmarks/systolic_synth.py [ROWSxCOLS ...]     (default: 4x4 8x8)
+    .venv/bin/python benchmarks/systolic_synth.py [--scratchpad BYTES] [--dram BYTES] [ROWSxCOLS ...]
 
-Each array is generated as in `loom compile --emit verilog`, synthesized with
-yosys `synth_ecp5` and placed and routed with nextpnr-ecp5 on an LFE5U-85F
-(CABGA381, 100 MHz requested), both the YoWASP pip builds. Prints LUT4,
-flip-flop, DSP (MULT18X18D), block RAM (DP16KD), LUT RAM and carry counts and
-the Fmax nextpnr achieved.
+(default: 256-byte scratchpads and DRAM, arrays 4x4 and 8x8). Each array is
+generated as in `loom compile --emit verilog`, synthesized with yosys
+`synth_ecp5` keeping its modules apart, and, when it fits the LFE5U-85F
+(CABGA381), placed and routed with nextpnr-ecp5 at 100 MHz requested (both the
+YoWASP pip builds). Prints LUT4, flip-flop, DSP (MULT18X18D), block RAM
+(DP16KD), LUT RAM and carry counts, the part of them in `systolic_top` (the
+array, sequencer, DMA engine and output unit) and in each memory, and Fmax.
 
-The memories here are tiny (256 B ifmap and filter, 512 B ofmap, 256 B DRAM,
-32 instructions): the timing model lets every lane of a view, an im2col
-gather, a skewed drain column or a DMA beat address any byte in the same
-cycle, so the design gives each lane its own scratchpad port and yosys maps
-the scratchpads to flip-flops and read multiplexers, whose size rather than
-the array dominates the figures. The program memory is loaded through the
-design's `load_*` port, so its contents stay out of the netlist. The tools
-take minutes per design (mostly ABC9).
+The timing model lets every lane of a view, an im2col gather, a skewed drain
+column or a DMA beat address any byte in the same cycle, so the design gives
+each lane its own scratchpad port and yosys builds the scratchpads from
+flip-flops and multiplexers; ABC9, the flow's LUT mapper, does not finish on
+that netlist, so the LUTs are mapped with ABC's classic mapper
+(`synth.synthesize(lut_mapper="abc")`). The program memory is loaded through
+the design's `load_*` port, so its contents stay out of the netlist.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -28,33 +29,50 @@ from pathlib import Path
 from backends.rtl import synth
 from backends.systolic.rtl.design import TOP, RtlConfig
 from backends.systolic.rtl.run import verilog
+from compiler.diagnostics import InternalError
 
-SPAD_BYTES = (256, 256, 512)
-DRAM_BYTES = 256
 PROGRAM_WORDS = 32
 BANDWIDTH = 4
 LATENCY = 100
+DEVICE_LUTS = 83_640  # LFE5U-85F: LUT4s, two per CCU2C carry cell
 
 
-def measure(rows: int, cols: int) -> tuple[synth.SynthReport, float]:
-    config = RtlConfig(rows, cols, SPAD_BYTES, DRAM_BYTES, PROGRAM_WORDS, BANDWIDTH, LATENCY)
+def measure(rows: int, cols: int, scratchpad: int, dram: int) -> tuple[synth.SynthReport, str, float]:
+    """The synthesis report, nextpnr's verdict (Fmax or why there is none) and the tools' time."""
+    config = RtlConfig(rows, cols, (scratchpad,) * 3, dram, PROGRAM_WORDS, BANDWIDTH, LATENCY)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loom-synth-") as work:
-        report = synth.synthesize(verilog(config), TOP, Path(work))
-        report.fmax_mhz = synth.place_and_route(TOP, Path(work))
-    return report, time.perf_counter() - started
+        report = synth.synthesize(verilog(config), TOP, Path(work), lut_mapper="abc", flatten=False)
+        if report.luts + 2 * report.carry > DEVICE_LUTS:
+            placed = "does not fit"
+        else:
+            try:
+                placed = f"{synth.place_and_route(TOP, Path(work)):.1f}"
+            except InternalError as error:
+                placed = f"nextpnr failed: {str(error).splitlines()[-1]}"
+    return report, placed, time.perf_counter() - started
 
 
-def main(arrays: list[str]) -> None:
-    print(f"ECP5 LFE5U-85F; scratchpads {SPAD_BYTES} B, DRAM {DRAM_BYTES} B, {BANDWIDTH} B/cycle DMA\n")
-    print("| array | LUT4 | FF | DSP (MULT18X18D) | BRAM (DP16KD) | LUT RAM | carry | Fmax (MHz) | tool time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for array in arrays:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("arrays", nargs="*", default=["4x4", "8x8"])
+    parser.add_argument("--scratchpad", type=int, default=256, help="bytes in each scratchpad")
+    parser.add_argument("--dram", type=int, default=256, help="bytes of DRAM")
+    args = parser.parse_args()
+    print(f"ECP5 LFE5U-85F ({DEVICE_LUTS} LUT4); scratchpads {args.scratchpad} B each, DRAM {args.dram} B, "
+          f"{BANDWIDTH} B/cycle DMA\n")
+    print("| array | LUT4 | FF | DSP | BRAM | LUT RAM | carry | LUT4 / FF / carry in systolic_top | "
+          "LUT4 in memories | Fmax (MHz) | tool time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
+    for array in args.arrays:
         rows, cols = map(int, array.split("x"))
-        r, seconds = measure(rows, cols)
+        r, placed, seconds = measure(rows, cols, args.scratchpad, args.dram)
+        core = r.modules[TOP]
+        memories = ", ".join(f"{name.rsplit('_', 1)[0]} {m.luts}" for name, m in sorted(r.modules.items(),
+                             key=lambda item: -item[1].luts) if name != TOP and m.luts)
         print(f"| {array} | {r.luts} | {r.ffs} | {r.dsps} | {r.brams} | {r.lutram} | {r.carry} | "
-              f"{r.fmax_mhz:.1f} | {seconds:.0f} s |", flush=True)
+              f"{core.luts} / {core.ffs} / {core.carry} | {memories} | {placed} | {seconds:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["4x4", "8x8"])
+    main()
