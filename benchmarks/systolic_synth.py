@@ -5,8 +5,8 @@
 (default: 256-byte scratchpads and DRAM, arrays 4x4 and 8x8). Each array is
 generated as in `loom compile --emit verilog`, synthesized with yosys
 `synth_ecp5` keeping its modules apart, and, when it fits the LFE5U-85F
-(CABGA381), placed and routed with nextpnr-ecp5 at 100 MHz requested (both the
-YoWASP pip builds). Prints LUT4, flip-flop, DSP (MULT18X18D), block RAM
+(CABGA381), placed and routed with nextpnr-ecp5 (router2) at 100 MHz
+requested (both the YoWASP pip builds). Prints LUT4, flip-flop, DSP (MULT18X18D), block RAM
 (DP16KD), LUT RAM and carry counts, the part of them in `systolic_top` (the
 array, sequencer, DMA engine and output unit) and in each memory, and Fmax.
 
@@ -47,7 +47,7 @@ def measure(rows: int, cols: int, scratchpad: int, dram: int) -> tuple[synth.Syn
             placed = "does not fit"
         else:
             try:
-                placed = f"{synth.place_and_route(TOP, Path(work)):.1f}"
+                placed = f"{synth.place_and_route(TOP, Path(work), router='router2'):.2f}"
             except InternalError as error:
                 placed = f"nextpnr failed: {str(error).splitlines()[-1]}"
     return report, placed, time.perf_counter() - started
