@@ -248,6 +248,14 @@ class Im2colView:
     def transposed(self) -> Im2colView:
         return replace(self, transpose=1 - self.transpose)
 
+    def start(self) -> dict[str, int]:
+        """Row 0's output pixel (oh0, ow0) and column 0's window element (c0, kh0, kw0):
+        what the instruction carries, so the hardware starts without dividing."""
+        oh0, ow0 = divmod(self.pixel0, self.out_w)
+        c0, within = divmod(self.k0, self.kernel_h * self.kernel_w)
+        kh0, kw0 = divmod(within, self.kernel_w)
+        return dict(oh0=oh0, ow0=ow0, c0=c0, kh0=kh0, kw0=kw0)
+
     @property
     def channels(self) -> int:
         return (self.k0 + self.cols - 1) // (self.kernel_h * self.kernel_w) + 1

@@ -238,8 +238,8 @@ class KernelTranslator:
         if isinstance(view, sy.MatrixView):
             instruction = isa.make("view", **common, row_stride=view.row_stride, col_stride=view.col_stride)
         else:
-            fields = {k: getattr(view, k) for k in (
-                "pixel0", "k0", "out_w", "kernel_h", "kernel_w", "stride_h", "stride_w", "dilation_h",
+            fields = view.start() | {k: getattr(view, k) for k in (
+                "out_w", "kernel_h", "kernel_w", "stride_h", "stride_w", "dilation_h",
                 "dilation_w", "row0", "col0", "band_h", "band_w", "channel_stride", "transpose", "pad_value")}
             instruction = isa.make("view.im2col", **common, **fields)
         self.emitter.set_view(slot, instruction)

@@ -95,7 +95,7 @@ FORMATS: tuple[Format, ...] = (
     Format(0x12, "wait", (Field("tag", 16),)),
     Format(0x20, "view", _VIEW_HEAD + (Field("row_stride", 24), Field("col_stride", 24))),
     Format(0x21, "view.im2col", _VIEW_HEAD + (
-        Field("pixel0", 20), Field("k0", 20), Field("out_w", 12), Field("kernel_h", 4), Field("kernel_w", 4),
+        Field("oh0", 20), Field("ow0", 12), Field("c0", 20), Field("kh0", 4), Field("kw0", 4), Field("out_w", 12), Field("kernel_h", 4), Field("kernel_w", 4),
         Field("stride_h", 4), Field("stride_w", 4), Field("dilation_h", 4), Field("dilation_w", 4),
         Field("row0", 13), Field("col0", 8), Field("band_h", 12), Field("band_w", 12),
         Field("channel_stride", 24), Field("transpose", 1), Field("pad_value", 8, signed=True, default=0))),

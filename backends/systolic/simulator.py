@@ -212,8 +212,10 @@ class Simulator:
         array, base = self._array_of(view)
         if view not in self.gathers:
             v = view.fields()
-            i = v["pixel0"] + np.arange(v["rows"])
-            j = v["k0"] + np.arange(v["cols"])
+            pixel0 = v["oh0"] * v["out_w"] + v["ow0"]
+            k0 = (v["c0"] * v["kernel_h"] + v["kh0"]) * v["kernel_w"] + v["kw0"]
+            i = pixel0 + np.arange(v["rows"])
+            j = k0 + np.arange(v["cols"])
             oh, ow = np.divmod(i, v["out_w"])
             channel, within = np.divmod(j, v["kernel_h"] * v["kernel_w"])
             kh, kw = np.divmod(within, v["kernel_w"])

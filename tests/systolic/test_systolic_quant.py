@@ -300,7 +300,7 @@ def test_new_fields_default_to_the_old_behaviour() -> None:
     channel = isa.make("post", tag=1, bias=1, relu=1, mode=2, out_dtype=0, multiplier=0, shift=0, zero_point=5,
                        per_channel=1)
     assert isa.decode(isa.encode(channel)) == channel
-    view = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, pixel0=0, k0=0, out_w=3,
+    view = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, oh0=0, ow0=0, c0=0, kh0=0, kw0=0, out_w=3,
                     kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1, row0=1, col0=1,
                     band_h=3, band_w=3, channel_stride=9, transpose=0, pad_value=-3)
     assert isa.decode(isa.encode(view))["pad_value"] == -3
@@ -344,7 +344,7 @@ def test_im2col_padding_reads_the_pad_value() -> None:
     sim = Simulator(CONFIG)
     sim.spads[0][:9] = np.arange(1, 10, dtype=np.int8).view(np.uint8)
     sim.views = [None] * isa.VIEW_SLOTS
-    sim.views[1] = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, pixel0=0, k0=0,
+    sim.views[1] = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, oh0=0, ow0=0, c0=0, kh0=0, kw0=0,
                             out_w=3, kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
                             row0=1, col0=1, band_h=3, band_w=3, channel_stride=9, transpose=0, pad_value=-7)
     image = np.pad(np.arange(1, 10).reshape(3, 3), 1, constant_values=-7)

@@ -208,7 +208,7 @@ def test_im2col_views_pad_with_zeros() -> None:
     sim = Simulator(CONFIG)
     sim.spads[0][:9] = np.arange(1, 10, dtype=np.uint8)  # a 3x3 image, one channel
     sim.views = [None] * 7
-    sim.views[1] = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, pixel0=0, k0=0,
+    sim.views[1] = isa.make("view.im2col", slot=1, spad=0, dtype=0, offset=0, rows=9, cols=9, oh0=0, ow0=0, c0=0, kh0=0, kw0=0,
                             out_w=3, kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1,
                             row0=1, col0=1, band_h=3, band_w=3, channel_stride=9, transpose=0)
     patches = sim.read(1)

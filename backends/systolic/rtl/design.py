@@ -342,25 +342,22 @@ class _Builder:
         m = self.m
         matrix, im2col = Fields(view_word, "view"), Fields(view_word, "view.im2col")
         is_im2col = is_op(view_word, "view.im2col")
-        # Output pixel of the row, stepped along with the stream (divided once at its start).
+        # Output pixel of the row, stepped along with the stream from the view's (oh0, ow0).
         out_w = im2col["out_w"].zext(20)
         oh = m.reg("stream_oh", 20)
         ow = m.reg("stream_ow", 20)
-        pixel0 = im2col["pixel0"]
-        oh_now = m.mux(starting, pixel0.divu(out_w), oh.q)
-        ow_now = m.mux(starting, pixel0.modu(out_w), ow.q)
+        oh_now = m.mux(starting, im2col["oh0"], oh.q)
+        ow_now = m.mux(starting, im2col["ow0"].zext(20), ow.q)
         wrap = (ow_now + 1).eq(out_w)
         oh.set(m.mux(wrap, oh_now + 1, oh_now), when=tick)
         ow.set(m.mux(wrap, 0, ow_now + 1), when=tick)
 
-        # Window position of lane 0, divided once; the other lanes step from it by one.
-        kernel = (im2col["kernel_h"].zext(8) * im2col["kernel_w"].zext(8)).zext(20)
-        kernel_w, kernel_h = im2col["kernel_w"].zext(20), im2col["kernel_h"].zext(20)
+        # Window position of lane 0, from the view; the other lanes step from it by one.
+        kernel_w, kernel_h = im2col["kernel_w"], im2col["kernel_h"]
         band_w = im2col["band_w"].zext(32)
         dilation_h, dilation_w = im2col["dilation_h"].zext(32), im2col["dilation_w"].zext(32)
-        within = im2col["k0"].modu(kernel)
-        kh, kw = within.divu(kernel_w), within.modu(kernel_w)
-        channel_base = im2col["k0"].divu(kernel).zext(32) * im2col["channel_stride"].zext(32)
+        kh, kw = im2col["kh0"], im2col["kw0"]
+        channel_base = im2col["c0"].zext(32) * im2col["channel_stride"].zext(32)
         kh_offset, kw_offset = kh.zext(32) * dilation_h, kw.zext(32) * dilation_w
         kh_linear = kh_offset * band_w
         # The row's part: (oh * stride_h - row0, ow * stride_w - col0), shared by the lanes.
