@@ -22,7 +22,7 @@ from backends.systolic.simulator import Simulator
 from compiler.cli import main
 from compiler.interpreter import run_model
 from compiler.model import find_model
-from dialects.systolic import ArrayConfig
+from dialects.systolic import ArrayConfig, Im2colView
 
 GEMM = """
 model gemm {
@@ -174,6 +174,18 @@ def test_generated_verilog_is_lint_clean() -> None:
 def test_yosys_elaborates_the_design_without_structural_problems() -> None:
     """hierarchy, proc and check -assert (no multiple drivers, no combinational loops)."""
     synth.check(verilog(RtlConfig(4, 4, (256, 256, 512), 256, 32, 4, 100)), TOP)
+
+
+def test_the_design_has_no_dividers() -> None:
+    """An im2col view carries its start pixel and window element, so nothing divides."""
+    text = verilog(RtlConfig(4, 4, (256, 256, 512), 256, 32, 4, 100))[f"{TOP}.sv"]
+    assert " / " not in text and " % " not in text
+
+
+def test_im2col_start_is_the_divided_pixel_and_window_element() -> None:
+    view = Im2colView(rows=4, cols=4, offset=0, pixel0=47, k0=38, out_w=10, kernel_h=3, kernel_w=4, stride_h=1,
+                      stride_w=1, dilation_h=1, dilation_w=1, row0=0, col0=0, band_h=12, band_w=12, channel_stride=144)
+    assert view.start() == {"oh0": 4, "ow0": 7, "c0": 3, "kh0": 0, "kw0": 2}  # 38 = (3 * 3 + 0) * 4 + 2
 
 
 def test_programs_outside_the_rtl_are_refused() -> None:
