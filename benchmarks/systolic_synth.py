@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from backends.fpga.device import FpgaDevice
 from backends.rtl import synth
 from backends.systolic.rtl.design import TOP, RtlConfig
 from backends.systolic.rtl.run import verilog
@@ -34,7 +35,7 @@ from compiler.diagnostics import InternalError
 PROGRAM_WORDS = 32
 BANDWIDTH = 4
 LATENCY = 100
-DEVICE_LUTS = 83_640  # LFE5U-85F: LUT4s, two per CCU2C carry cell
+DEVICE_LUTS = FpgaDevice.load("fpga-ecp5").luts  # LFE5U-85F: LUT4s, two per CCU2C carry cell
 
 
 def measure(rows: int, cols: int, scratchpad: int, dram: int) -> tuple[synth.SynthReport, str, float]:

@@ -26,3 +26,13 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_tree(directory: str | Path, files: dict[str, str | bytes]) -> list[str]:
+    """Write each `files` entry (a path relative to `directory`) atomically; the paths written, in order."""
+    target = Path(directory)
+    written = []
+    for name, data in files.items():
+        write_atomic(target / name, data)
+        written.append(str(target / name))
+    return written

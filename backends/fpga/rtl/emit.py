@@ -9,7 +9,7 @@ from typing import Any
 from backends.fpga.rtl.run import HARNESS, RtlDesign
 from backends.fpga.rtl.top import TOP, readout_fields
 from backends.rtl.verilator import MEMORY_INIT_DEFINE
-from compiler.files import write_atomic
+from compiler.files import write_tree
 
 
 def _buffer(rtl: RtlDesign, root) -> dict[str, Any]:
@@ -23,8 +23,6 @@ def emit_verilog(rtl: RtlDesign, report: dict[str, Any], directory: str | Path) 
     images of the buffers the host fills, the C++ testbench, `report.json` and
     a README; return the files written."""
     region = rtl.region
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = dict(rtl.sources)
     files["filelist.f"] = "".join(f"{name}\n" for name in rtl.sources)
     files.update(rtl.initial_images())
@@ -40,11 +38,7 @@ def emit_verilog(rtl: RtlDesign, report: dict[str, Any], directory: str | Path) 
         "readout_address_bits": {"buffer": output_bits, "bank": bank_bits, "row": row_bits},
     }, indent=2, sort_keys=True) + "\n"
     files["README.md"] = _readme(region.expected_cycles(), output_bits + bank_bits + row_bits)
-    written = []
-    for name, text in files.items():
-        write_atomic(target / name, text)
-        written.append(str(target / name))
-    return written
+    return write_tree(directory, files)
 
 
 def _readme(cycles: int, address_bits: int) -> str:

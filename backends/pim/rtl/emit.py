@@ -25,7 +25,7 @@ from backends.pim.rtl.images import (
 from backends.pim.rtl.run import HARNESS, cycle_limit, verilog
 from backends.rtl.verilator import MEMORY_INIT_DEFINE
 from compiler.artifact import random_inputs
-from compiler.files import write_atomic
+from compiler.files import write_tree
 
 EXPECTED_FILE = "expected.hex"
 
@@ -42,7 +42,6 @@ def emit_verilog(artifact: PimArtifact, directory: str | Path) -> list[str]:
     stack = artifact.stack
     assert stack is not None
     config = program_rtl_config(artifact.program, stack)
-    target = Path(directory)
     sources = verilog(config)
     files: dict[str, str] = dict(sources)
     files["filelist.f"] = "".join(f"{name}\n" for name in sources)
@@ -60,11 +59,7 @@ def emit_verilog(artifact: PimArtifact, directory: str | Path) -> list[str]:
                                (EXPECTED_FILE, words_hex(images.returned))):
                 files[f"{folder}/{name}"] = text
     files["README.md"] = _readme(config, units, limit)
-    written = []
-    for name, text in files.items():
-        write_atomic(target / name, text)
-        written.append(str(target / name))
-    return written
+    return write_tree(directory, files)
 
 
 def _readme(config: RtlConfig, units: list[str], limit: int) -> str:

@@ -18,7 +18,7 @@ from backends.systolic.rtl.program import (
     rtl_config,
 )
 from backends.systolic.rtl.run import HARNESS, verilog
-from compiler.files import write_atomic
+from compiler.files import write_tree
 
 
 def emit_verilog(compiled: Compiled, directory: str | Path) -> list[str]:
@@ -27,8 +27,6 @@ def emit_verilog(compiled: Compiled, directory: str | Path) -> list[str]:
     a README saying how to simulate; return the files written."""
     check_program(compiled)
     config = rtl_config(compiled)
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     sources = verilog(config)
     files: dict[str, str] = dict(sources)
     files["filelist.f"] = "".join(f"{name}\n" for name in sources)
@@ -45,11 +43,7 @@ def emit_verilog(compiled: Compiled, directory: str | Path) -> list[str]:
                     for k, p in compiled.outputs.items()},
     }, indent=2, sort_keys=True) + "\n"
     files["README.md"] = _readme(compiled, config.dram_bytes)
-    written = []
-    for name, text in files.items():
-        write_atomic(target / name, text)
-        written.append(str(target / name))
-    return written
+    return write_tree(directory, files)
 
 
 def _readme(compiled: Compiled, dram_bytes: int) -> str:
