@@ -32,7 +32,7 @@ from backends.systolic.rtl.design import TOP, RtlConfig
 from backends.systolic.rtl.run import verilog
 from compiler.diagnostics import InternalError
 
-PROGRAM_WORDS = 32
+PROGRAM_WORDS = 512
 BANDWIDTH = 4
 LATENCY = 100
 DEVICE_LUTS = FpgaDevice.load("fpga-ecp5").luts  # LFE5U-85F: LUT4s, two per CCU2C carry cell
@@ -57,8 +57,8 @@ def measure(rows: int, cols: int, scratchpad: int, dram: int) -> tuple[synth.Syn
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("arrays", nargs="*", default=["4x4", "8x8"])
-    parser.add_argument("--scratchpad", type=int, default=256, help="bytes in each scratchpad")
-    parser.add_argument("--dram", type=int, default=256, help="bytes of DRAM")
+    parser.add_argument("--scratchpad", type=int, default=8192, help="bytes in each scratchpad")
+    parser.add_argument("--dram", type=int, default=16384, help="bytes of DRAM")
     args = parser.parse_args()
     print(f"ECP5 LFE5U-85F ({DEVICE_LUTS} LUT4); scratchpads {args.scratchpad} B each, DRAM {args.dram} B, "
           f"{BANDWIDTH} B/cycle DMA\n")

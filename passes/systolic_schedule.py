@@ -239,7 +239,11 @@ class Layout:
 class Panel:
     """Outputs gathered in the ofmap scratchpad before post-processing:
     pixels [p0, p1) of `image` x output columns [n0, n1) of `group`. The
-    accumulators are row-major [pixels, columns]."""
+    accumulators are row-major [pixels, columns], `pitch` elements a row.
+    A convolution's output is transposed (NCHW), so the output unit walks
+    it a column at a time and reads a column of accumulators per cycle; an
+    odd pitch spreads those over the banks of the hardware's accumulator
+    memory, where an even one would put several in one bank."""
 
     index: int
     image: int
@@ -248,6 +252,7 @@ class Panel:
     p1: int
     n0: int
     n1: int
+    odd_pitch: bool = False
 
     @property
     def rows(self) -> int:
@@ -257,8 +262,12 @@ class Panel:
     def cols(self) -> int:
         return self.n1 - self.n0
 
+    @property
+    def pitch(self) -> int:
+        return self.cols | 1 if self.odd_pitch else self.cols
+
     def acc_view(self) -> MatrixView:
-        return MatrixView(self.rows, self.cols, 0, self.cols, 1)
+        return MatrixView(self.rows, self.cols, 0, self.pitch, 1)
 
 
 def output_box(layout: Layout, panel: Panel) -> Box:
@@ -416,7 +425,7 @@ class Plan:
                     level = operand.box.level
                     streamed[level] = max(streamed[level], operand.box.elements * element.of(operand.box.operand))
             if isinstance(step, Finish):
-                acc = max(acc, step.panel.rows * step.panel.cols * ACC_BYTES)
+                acc = max(acc, step.panel.rows * step.panel.pitch * ACC_BYTES)
                 out = max(out, step.panel.rows * step.panel.cols * element.output)
         sizes: dict[str, list[tuple[str, int]]] = {"ifmap": [], "filter": [], "ofmap": []}
         for box, size in resident.items():
@@ -492,11 +501,12 @@ class Plan:
 
     def _weight_stationary(self) -> Iterator[Step]:
         p, rows, cols = self.problem, self.config.rows, self.config.cols
+        odd_pitch = self.layout.conv is not None  # the hardware's output unit walks a conv panel by columns
         index = 0
         for group in range(p.groups):
             for image, p0, p1 in self._panel_row_tiles():
                 for n0, n1 in _split(p.n, cols):
-                    panel = Panel(index, image, group, p0, p1, n0, n1)
+                    panel = Panel(index, image, group, p0, p1, n0, n1, odd_pitch)
                     index += 1
                     for k0, k1 in _split(p.k, rows):
                         yield Preload(self._w(group, k0, k1, n0, n1))

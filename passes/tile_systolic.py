@@ -31,7 +31,15 @@ import numpy as np
 from xdsl.builder import Builder
 from xdsl.context import Context
 from xdsl.dialects import memref
-from xdsl.dialects.builtin import IntegerAttr, MemRefType, ModuleOp, TensorType, f32, i32, i64
+from xdsl.dialects.builtin import (
+    IntegerAttr,
+    MemRefType,
+    ModuleOp,
+    TensorType,
+    f32,
+    i32,
+    i64,
+)
 from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -216,6 +224,7 @@ class KernelEmitter:
         config = self.plan.config
         self.builder.insert(ConfigureOp(config.rows, config.cols, config.dataflow, self.types["x"], self.acc_type))
         steps = list(self.plan.steps())
+        self.drain_panels = _drain_panels(steps)
         fetches, uses, resident = self.fetches(steps)
         columns = {box.operand: resident[box] for box in self.plan.column_boxes()}
         pending = 0  # fetches[pending:] are not issued yet
@@ -236,7 +245,7 @@ class KernelEmitter:
                 pending += 1
             for fetch in uses[index]:
                 self.wait(fetch)
-            self.emit(step, [fetch.buffer for fetch in uses[index]], columns)  # type: ignore[misc]
+            self.emit(index, step, [fetch.buffer for fetch in uses[index]], columns)  # type: ignore[misc]
             for fetch in uses[index]:
                 if not fetch.resident:
                     self.builder.insert(mem.DeallocOp(fetch.buffer))  # type: ignore[arg-type]
@@ -249,12 +258,14 @@ class KernelEmitter:
         self.builder.insert(YieldOp())
         return self.kernel(steps)
 
-    def emit(self, step: Step, buffers: list[SSAValue], columns: dict[str, Fetch]) -> None:
-        """The array op of `step`, reading `buffers` (one per operand of the
-        step); a panel's post-processing reads the `columns` operands."""
+    def emit(self, index: int, step: Step, buffers: list[SSAValue], columns: dict[str, Fetch]) -> None:
+        """The array op of step `index`, reading `buffers` (one per operand of
+        the step); a panel's post-processing reads the `columns` operands."""
         if isinstance(step, Preload):
             self.builder.insert(PreloadOp(buffers[0], step.source.view))
         elif isinstance(step, Stream):
+            # Results leave the array while it streams, so their accumulators must be free by then.
+            self.accumulator(self.drain_panels[index])
             top = step.top
             self.builder.insert(StreamOp(buffers[0], step.left.view, buffers[1] if top else None,
                                          top.view if top else None))
@@ -264,12 +275,12 @@ class KernelEmitter:
             self.finish(step.panel, columns)
 
     def accumulator(self, panel: Panel) -> SSAValue:
-        """The panel's accumulators, allocated at its first drain once the
+        """The panel's accumulators, allocated at its first stream once the
         panel that used the slot before has been post-processed."""
         if panel.index not in self.panels:
             if panel.index - self.plan.panel_slots in self.panels:
                 self.write_back(panel.index - self.plan.panel_slots)
-            acc = self.alloc("ofmap", (panel.rows, panel.cols), self.acc_type,
+            acc = self.alloc("ofmap", (panel.rows, panel.pitch), self.acc_type,
                              f"acc{panel.index % self.plan.panel_slots}")
             self.panels[panel.index] = PanelState(acc)
         acc = self.panels[panel.index].acc
@@ -368,3 +379,16 @@ class TileSystolicPass(ModulePass):
                     Rewriter.insert_op(scales, InsertPoint.before(gemm))
                 kernel = KernelEmitter(gemm, plan, scales.result if scales else None).run()
                 Rewriter.replace_op(gemm, kernel)
+
+
+def _drain_panels(steps: list[Step]) -> dict[int, Panel]:
+    """The panel each stream step's results are drained into."""
+    panels: dict[int, Panel] = {}
+    panel = None
+    for index in reversed(range(len(steps))):
+        step = steps[index]
+        if isinstance(step, Drain):
+            panel = step.panel
+        elif isinstance(step, Stream) and panel is not None:
+            panels[index] = panel
+    return panels

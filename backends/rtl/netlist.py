@@ -19,8 +19,9 @@ arithmetic reads like Verilog's. Every module has a clock `clk` and a
 synchronous reset `rst`; a `Register` resets to its `init` and takes the last
 `set` whose condition holds (later assignments win, as in an always block),
 holding its value otherwise. `Memory` is a `seq.firmem` with combinational
-read ports and clocked, optionally byte-masked, write ports that do nothing
-during reset.
+or registered read ports and clocked, optionally byte-masked, write ports
+that do nothing during reset. `delay` adds pipeline registers; a `Backedge`
+stands for a value used before it is built.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.dialects.seq import CompRegOp, clock
 from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.rewriter import InsertPoint, Rewriter
 
 from compiler.diagnostics import InternalError
 from dialects.firmem import FirMemOp, FirMemReadPortOp, FirMemType, FirMemWritePortOp
@@ -210,19 +212,36 @@ class Register:
         self.op.operands[0] = next_value.value
 
 
+class Backedge:
+    """A placeholder signal, replaced by a real one with `resolve`: a value used
+    before it is built (`hw.module` bodies are graph regions, so a use may
+    precede its definition)."""
+
+    def __init__(self, m: ModuleBuilder, width: int):
+        self.op = hw.ConstantOp(0, width)
+        m.block.add_op(self.op)
+        self.signal = Signal(m, self.op.result)
+
+    def resolve(self, value: Signal) -> None:
+        self.op.result.replace_all_uses_with(value.value)
+        Rewriter.erase_op(self.op)
+
+
 def _all_ones(signal: Signal) -> bool:
     owner = signal.value.owner
     return isinstance(owner, hw.ConstantOp) and owner.value.value.data % (1 << signal.width) == (1 << signal.width) - 1
 
 
 class Memory:
-    """`depth` words of `width` bits; writes may be masked in `mask` equal lanes."""
+    """`depth` words of `width` bits; writes may be masked in `mask` equal lanes.
+    A read port answers in the same cycle, or with `read_latency` 1 in the next
+    (block RAM's synchronous read)."""
 
     def __init__(self, module: ModuleBuilder, name: str, depth: int, width: int, mask: int = 0,
-                 init_file: str | None = None):
+                 init_file: str | None = None, read_latency: int = 0):
         self.module = module
         self.type = FirMemType(IntAttr(depth), IntAttr(width), IntAttr(mask))
-        self.op = FirMemOp(self.type, init_file)
+        self.op = FirMemOp(self.type, init_file, read_latency)
         self.op.memory.name_hint = name
         module.block.add_op(self.op)
 
@@ -337,15 +356,63 @@ class ModuleBuilder:
         self.registers.append(register)
         return register
 
-    def memory(self, name: str, depth: int, width: int, mask: int = 0, init_file: str | None = None) -> Memory:
-        return Memory(self, name, depth, width, mask, init_file)
+    def memory(self, name: str, depth: int, width: int, mask: int = 0, init_file: str | None = None,
+               read_latency: int = 0) -> Memory:
+        return Memory(self, name, depth, width, mask, init_file, read_latency)
+
+    def delay(self, signal: Signal, cycles: int = 1, name: str = "") -> Signal:
+        """`signal` `cycles` clock cycles later, through registers without reset:
+        datapath values only matter where a valid bit says so, and a read
+        register without one is what synthesis folds into a block RAM."""
+        for step in range(cycles):
+            register = CompRegOp(signal.value, self.clk.value)
+            if name:
+                register.data.name_hint = f"{name}_d{step + 1}"
+            self.block.add_op(register)
+            signal = Signal(self, register.data)
+        return signal
 
     def finish(self) -> hw.HWModuleOp:
         for register in self.registers:
             register._close()
         self.block.add_op(hw.OutputOp(self.outputs))
+        _narrow_delays(self.block)
         module_type = hw.ModuleType(ArrayAttr(self.ports))
         return hw.HWModuleOp(StringAttr(self.name), module_type, Region(self.block))
+
+
+def _narrow_delays(block: Block) -> None:
+    """Shrink every reset-less register read only through bit slices to the bits read,
+    until none shrinks (a chain narrows from its last register back): CIRCT
+    narrows combinational logic, not registers, and `verilator -Wall` reports
+    unused register bits."""
+    changed = True
+    while changed:
+        changed = False
+        for register in [op for op in block.ops if isinstance(op, CompRegOp) and op.reset is None]:
+            readers = [use.operation for use in register.data.uses]
+            if not readers or not all(isinstance(r, comb.ExtractOp) for r in readers):
+                continue
+            low = min(r.low_bit.value.data for r in readers)  # type: ignore[union-attr]
+            high = max(r.low_bit.value.data + r.result.type.width.data for r in readers)  # type: ignore[union-attr]
+            if (low, high) == (0, register.data.type.width.data):  # type: ignore[union-attr]
+                continue
+            kept = comb.ExtractOp(register.input, IntegerAttr(low, 32), IntegerType(high - low))
+            narrow = CompRegOp(kept.result, register.clk)
+            narrow.data.name_hint = register.data.name_hint
+            Rewriter.insert_op([kept, narrow], InsertPoint.before(register))
+            for reader in readers:
+                width = reader.result.type.width.data  # type: ignore[union-attr]
+                offset = reader.low_bit.value.data - low  # type: ignore[union-attr]
+                if (offset, width) == (0, high - low):
+                    reader.result.replace_all_uses_with(narrow.data)
+                    Rewriter.erase_op(reader)
+                else:
+                    reader.operands[0] = narrow.data
+                    reader.low_bit = IntegerAttr(offset, 32)
+            Rewriter.erase_op(register)
+            changed = True
+
 
 
 def design(*modules: Operation) -> ModuleOp:

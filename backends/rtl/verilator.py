@@ -85,7 +85,8 @@ class Harness:
     top: str
     scalars: tuple[str, ...] = ()  # outputs of at most 64 bits printed when the run ends
     readout_address: str | None = None  # input that selects a word to read out ...
-    readout_data: str | None = None  # ... and the output that shows it (combinationally)
+    readout_data: str | None = None  # ... and the output that shows it
+    readout_latency: int = 0  # clock cycles from address to data (0: combinationally)
 
     def source(self) -> str:
         v = f"V{self.top}"
@@ -95,6 +96,7 @@ class Harness:
         if self.readout_address:
             readout = (f"  for (unsigned long long a = first; a < first + count; ++a) {{\n"
                        f"    top->{self.readout_address} = a;\n"
+                       + "    tick(top);\n" * self.readout_latency +
                        f"    top->eval();\n"
                        f'    std::printf("%llx\\n", (unsigned long long)top->{self.readout_data});\n'
                        f"  }}\n")

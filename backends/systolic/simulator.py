@@ -26,10 +26,17 @@ accumulators; f32 tiles multiply and accumulate in float32.
   the DMA engine or the output unit and start, in order, no earlier than the
   cycle after they were issued and once the array has finished every
   instruction issued before them;
-- the DMA engine moves `dram_bytes_per_cycle`: a transfer occupies it
-  ceil(bytes / bandwidth) cycles and completes `dram_latency` cycles later
-  (the latency of consecutive transfers overlaps);
-- the output unit post-processes C values per cycle beside the array.
+- the DMA engine moves up to `dram_bytes_per_cycle` bytes of one row per
+  cycle, a beat never crossing into the next row: a transfer of `rows` rows
+  of `row_bytes` occupies it rows x ceil(row_bytes / bandwidth) cycles
+  (`dma_cycles`) and its tag completes `dram_latency` cycles after that (the
+  latency of consecutive transfers overlaps);
+- the output unit, beside the array, walks the output view one row at a
+  time, up to C elements per cycle: rows x ceil(cols / C) cycles; a
+  transposed output view (row stride 1, column stride other than 1) it
+  walks one column at a time, cols x ceil(rows / C) cycles (`post_cycles`,
+  `post_walks_columns`). It takes the next `post` once that is over, and the
+  tag completes one cycle later, when the last outputs are written.
 
 The RTL (`backends/systolic/rtl`) is built to this model and matches its
 cycle counts exactly.
@@ -178,6 +185,31 @@ def _next_drains(program: list[isa.Instruction]) -> list[int | None]:
     return out
 
 
+def dma_cycles(transfer: isa.Instruction, bandwidth: float) -> int:
+    """Cycles a `dma.load`/`dma.store` occupies the DMA engine. A beat moves
+    consecutive bytes of one row only, because a scratchpad port serves one
+    run of consecutive bytes per cycle: each row costs whole beats."""
+    return transfer["rows"] * math.ceil(transfer["row_bytes"] / bandwidth)
+
+
+def post_walks_columns(out_view: isa.Instruction) -> bool:
+    """Whether the output unit walks `out_view` a column at a time: when its
+    columns, not its rows, are runs of consecutive elements (a transposed
+    view, such as a convolution's NCHW output written pixel by pixel), so
+    that every cycle writes one run."""
+    return out_view["row_stride"] == 1 and out_view["col_stride"] != 1
+
+
+def post_cycles(out_view: isa.Instruction, array_cols: int) -> int:
+    """Cycles a `post` writing `out_view` occupies the output unit: one row
+    (or, walking columns, one column) of the view at a time, up to
+    `array_cols` elements of it per cycle."""
+    lines, length = out_view["rows"], out_view["cols"]
+    if post_walks_columns(out_view):
+        lines, length = length, lines
+    return lines * math.ceil(length / array_cols)
+
+
 class Simulator:
     def __init__(self, config: ArrayConfig):
         self.config = config
@@ -302,7 +334,7 @@ class Simulator:
                     start = max(issue + 1, array_free, dma_free)
                     dma_starts.append(start)
                     st = issue + 1
-                    duration = math.ceil(nbytes / bandwidth)
+                    duration = dma_cycles(ins, bandwidth)
                     dma_free = start + duration
                     done[ins["tag"]] = dma_free + latency
                     last_done = max(last_done, dma_free + latency)
@@ -373,15 +405,17 @@ class Simulator:
                     c.drain_cycles += drain
                     c.folds += 1
                 elif op == "post":
-                    elements = self.post(ins, c)
+                    self.post(ins, c)
                     issue = _enqueue(post_starts, st)
                     start = max(issue + 1, array_free, post_free)
                     post_starts.append(start)
                     st = issue + 1
-                    post_free = start + math.ceil(elements / cols)
-                    done[ins["tag"]] = post_free
-                    last_done = max(last_done, post_free)
-                    c.post_cycles += post_free - start
+                    duration = post_cycles(self.views[isa.SLOT_OUT], cols)
+                    post_free = start + duration
+                    # The outputs are written the cycle after the last accumulators are read.
+                    done[ins["tag"]] = post_free + 1
+                    last_done = max(last_done, post_free + 1)
+                    c.post_cycles += duration
                 elif op == "config":
                     if (ins["rows"], ins["cols"]) != (rows, cols) or isa.DATAFLOWS[ins["dataflow"]] != dataflow:
                         raise SimulationError(
@@ -438,8 +472,8 @@ class Simulator:
         else:
             outside[...] = inside
 
-    def post(self, ins: isa.Instruction, c: Counters) -> int:
-        """`out = relu(convert(acc + bias))`; returns the number of outputs.
+    def post(self, ins: isa.Instruction, c: Counters) -> None:
+        """`out = relu(convert(acc + bias))`.
 
         Integer sums wrap to i32 as the unit's adder does. `requant` scales by
         a fixed-point multiplier (one, or one per column read from view 7 when
@@ -473,7 +507,6 @@ class Simulator:
             converted = np.maximum(converted, dtype.type(floor))
         out[...] = converted
         c.post_write_bytes += out.nbytes
-        return acc.size
 
     def requant_scales(self, ins: isa.Instruction, cols: int, c: Counters) -> tuple[np.ndarray, np.ndarray]:
         """The multiplier and shift of each column: the instruction's, or row 0

@@ -103,7 +103,8 @@ def run_both(text: str, dram: np.ndarray) -> None:
 def test_array_holds_until_it_knows_where_results_go() -> None:
     """Drains 5 and 2 instructions after their streams: the first holds the
     array for 5 - (R - 1) cycles, in the simulator as in the RTL; the second
-    fold accumulates into a drain view set between stream and drain."""
+    fold accumulates into a drain view set between stream and drain; the
+    output unit copies the sums to where the DMA engine stores them from."""
     rng = np.random.default_rng(11)
     dram = np.zeros(1024, np.uint8)
     dram[0:32] = rng.integers(0, 256, 32)  # two 4x4 weight tiles
@@ -129,7 +130,11 @@ def test_array_holds_until_it_knows_where_results_go() -> None:
         stream top=0
         view slot=3 spad=ofmap dtype=i32 offset=0 rows=9 cols=4 row_stride=4 col_stride=1
         drain accumulate=1
-        dma.store tag=2 spad=ofmap spad_addr=0 dram_addr=256 rows=1 row_bytes=144 dram_stride=0 spad_stride=0
+        view slot=4 spad=ofmap dtype=i32 offset=0 rows=9 cols=4 row_stride=4 col_stride=1
+        view slot=6 spad=ofmap dtype=i32 offset=256 rows=9 cols=4 row_stride=4 col_stride=1
+        post tag=3 bias=0 relu=0 mode=none out_dtype=i32 multiplier=0 shift=0 zero_point=0 per_channel=0
+        wait tag=3
+        dma.store tag=2 spad=ofmap spad_addr=256 dram_addr=256 rows=1 row_bytes=144 dram_stride=0 spad_stride=0
         wait tag=2
         halt
     """, dram)
@@ -148,10 +153,10 @@ def test_output_unit_modes_match_the_simulator() -> None:
     posts = [("requant", "i8", 1, 3, 2, -5), ("requant", "i8", 0, 1518500250, 33, 3),
              ("requant", "i32", 1, 1 << 31, 31, 7), ("none", "i32", 0, 0, 0, 0), ("wrap", "i8", 1, 0, 0, 0)]
     lines = ["config rows=4 cols=4 dataflow=ws in_dtype=i8 acc_dtype=i32",
-             "dma.load tag=0 spad=ofmap spad_addr=0 dram_addr=0 rows=3 row_bytes=16 dram_stride=16 spad_stride=16",
+             "dma.load tag=0 spad=ofmap spad_addr=0 dram_addr=0 rows=3 row_bytes=16 dram_stride=16 spad_stride=20",
              "dma.load tag=1 spad=filter spad_addr=0 dram_addr=64 rows=1 row_bytes=16 dram_stride=16 spad_stride=16",
              "wait tag=0", "wait tag=1",
-             "view slot=4 spad=ofmap dtype=i32 offset=0 rows=3 cols=4 row_stride=4 col_stride=1",
+             "view slot=4 spad=ofmap dtype=i32 offset=0 rows=3 cols=4 row_stride=5 col_stride=1",
              "view slot=5 spad=filter dtype=i32 offset=0 rows=1 cols=4 row_stride=0 col_stride=1"]
     for index, (mode, dtype, relu, multiplier, shift, zero_point) in enumerate(posts):
         offset = 64 + 64 * index
@@ -218,7 +223,7 @@ def test_compile_emits_verilog_with_program_testbench_and_readme(capsys, tmp_pat
     _, err = capsys.readouterr()
     assert code == 0, err
     names = {path.name for path in out.iterdir()}
-    assert {f"{TOP}.sv", "filelist.f", "program.hex", "dram.hex", "testbench.cpp", "layout.json",
+    assert {f"{TOP}.sv", "filelist.f", "program.hex", "dram_b0.hex", "testbench.cpp", "layout.json",
             "README.md"} <= names
     files = {name: (out / name).read_text() for name in (out / "filelist.f").read_text().split()}
     verilator.lint(files, TOP)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from numpy.lib.stride_tricks import as_strided
 
 import compiler
 from backends.systolic import isa
@@ -141,10 +142,58 @@ def test_output_unit_requantizes_with_rounding_saturation_and_relu() -> None:
     got = dram[128:140].view(np.int8).reshape(4, 3).T  # written column-major through the output view
     np.testing.assert_array_equal(got, expected)
     total = result.total
-    assert total.post_cycles == 3  # 12 outputs, 4 per cycle
+    assert total.post_cycles == 4  # the transposed output view is walked a column (3 outputs) per cycle
     assert total.dram_read_bytes == 64 and total.dram_write_bytes == 12
-    # 48, 16 and 12 bytes at 8 bytes per cycle.
-    assert total.dma_cycles == 6 + 2 + 2
+    # Rows of 16, 16 and 12 bytes at 8 bytes per cycle: 2 beats each.
+    assert total.dma_cycles == 3 * 2 + 2 + 2
+
+
+@pytest.mark.parametrize("rows, row_bytes, beats", [(4, 3, 4), (2, 9, 4), (1, 16, 2), (3, 24, 9)])
+def test_dma_beats_never_cross_a_row(rows: int, row_bytes: int, beats: int) -> None:
+    """At 8 bytes per cycle, every row costs whole beats, however short it is."""
+    dram = np.arange(256, dtype=np.uint8)
+    strides = "dram_stride=32 spad_stride=32"
+    program = f"""
+        config rows=4 cols=4 dataflow=ws in_dtype=i8 acc_dtype=i32
+        dma.load tag=0 spad=ifmap spad_addr=0 dram_addr=5 rows={rows} row_bytes={row_bytes} {strides}
+        wait tag=0
+        halt
+    """
+    sim = Simulator(CONFIG)
+    total = sim.run(isa.assemble(program), dram).total
+    loaded = sim.spads[0][:rows * 32].reshape(rows, 32)[:, :row_bytes]
+    np.testing.assert_array_equal(loaded, dram[5:5 + rows * 32].reshape(rows, 32)[:, :row_bytes])
+    assert total.dma_cycles == beats
+    # Issued at 1, moving from 2, landing 10 cycles of latency after the last beat; the wait
+    # passes the cycle after.
+    assert total.cycles == 2 + beats + 10 + 1
+
+
+@pytest.mark.parametrize("row_stride, col_stride, walk", [(6, 1, 5 * 2), (1, 5, 6 * 2), (12, 2, 5 * 2)])
+def test_output_unit_walks_the_output_view_a_row_or_a_column_at_a_time(row_stride: int, col_stride: int,
+                                                                        walk: int) -> None:
+    """A 5x6 post on a 4-column array: 5 rows of two cycles each, unless the output view is
+    transposed (row stride 1), which the unit walks as 6 columns of two cycles each."""
+    acc = np.arange(-15, 15, dtype=np.int32).reshape(5, 6)
+    sim = Simulator(CONFIG)
+    sim.spads[2][:acc.nbytes] = acc.view(np.uint8).reshape(-1)
+    program = f"""
+        config rows=4 cols=4 dataflow=ws in_dtype=i8 acc_dtype=i32
+        view slot=4 spad=ofmap dtype=i32 offset=0 rows=5 cols=6 row_stride=6 col_stride=1
+        view slot=6 spad=ofmap dtype=i32 offset=256 rows=5 cols=6 row_stride={row_stride} col_stride={col_stride}
+        post tag=0 bias=0 relu=1 mode=wrap out_dtype=i32 multiplier=0 shift=0 zero_point=0
+        post tag=1 bias=0 relu=0 mode=wrap out_dtype=i32 multiplier=0 shift=0 zero_point=0
+        wait tag=1
+        halt
+    """
+    total = sim.run(isa.assemble(program), np.zeros(64, np.uint8)).total
+    written = as_strided(sim.spads[2][256:].view(np.int32), (5, 6), (row_stride * 4, col_stride * 4))
+    np.testing.assert_array_equal(written, acc)
+    assert total.post_cycles == 2 * walk
+    # The first post, issued at 3, runs from 4; the second starts as soon as the unit is free,
+    # at 4 + walk, and its outputs are written a cycle after it ends: its tag completes at
+    # 5 + 2 walk, and the wait passes the cycle after.
+    assert total.cycles == 6 + 2 * walk
 
 
 def test_fold_timing_follows_the_dataflow() -> None:

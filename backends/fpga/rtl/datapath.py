@@ -34,8 +34,8 @@ from backends.fpga.device import constant_int, value_bits
 from backends.fpga.hls_model import NestSchedule
 from backends.fpga.rtl.control import NestControl
 from backends.fpga.rtl.layout import AccessPlan, UnsupportedDesign
-from backends.fpga.rtl.wiring import Backedge, BankPorts, delay
-from backends.rtl.netlist import ModuleBuilder, Signal, bits_for
+from backends.fpga.rtl.wiring import BankPorts
+from backends.rtl.netlist import Backedge, ModuleBuilder, Signal, bits_for
 
 
 @dataclass
@@ -117,8 +117,8 @@ class Walker:
         return self.delayed[stage]
 
     def _delayed(self, stage: int) -> list[Position]:
-        return [Position(delay(self.m, p.row, stage),
-                         tuple(c if isinstance(c, int) else delay(self.m, c, stage) for c in p.coords))
+        return [Position(self.m.delay(p.row, stage),
+                         tuple(c if isinstance(c, int) else self.m.delay(c, stage) for c in p.coords))
                 for p in self.positions]
 
     def bank_targets(self, positions: list[Position]) -> dict[int, list[tuple[int, Signal | bool]]]:
@@ -180,20 +180,20 @@ class NestDatapath:
                 # (so no path runs from a memory's read mux through the DSP block in one cycle)
                 blocks = self.dsp_products(op, operands, bits)
                 if blocks is None:
-                    operands = [v if isinstance(v.value.owner, hw.ConstantOp) else delay(m, v, 1) for v in operands]
+                    operands = [v if isinstance(v.value.owner, hw.ConstantOp) else m.delay(v, 1) for v in operands]
                     result = self.operation(op, operands, bits)
                 else:
                     result = self.registered_sum(blocks, op.results[0].type.width.data)  # type: ignore[attr-defined]
                 latency -= 1
             else:
                 result = self.operation(op, operands, bits)
-            ready[op.results[0]] = (delay(m, result, latency), stage + ns.graph.nodes[name].latency)
+            ready[op.results[0]] = (m.delay(result, latency), stage + ns.graph.nodes[name].latency)
         raise UnsupportedDesign("a loop body without linalg.yield")
 
     def at(self, value: Signal, ready: int, stage: int) -> Signal:
         if stage < ready:
             raise UnsupportedDesign(f"{self.name}: a value is used before the schedule makes it ready")
-        return delay(self.m, value, stage - ready)
+        return self.m.delay(value, stage - ready)
 
     def operation(self, op: Operation, operands: list[Signal], bits: dict[SSAValue, int]) -> Signal:
         m = self.m
@@ -252,7 +252,7 @@ class NestDatapath:
         for product, shift in blocks:
             if shift >= width:
                 continue
-            kept = delay(m, product.trunc(min(product.width, width - shift)), 1).sext(width - shift)
+            kept = m.delay(product.trunc(min(product.width, width - shift)), 1).sext(width - shift)
             terms.append(m.concat(kept, m.const(0, shift)) if shift else kept)
         return functools.reduce(operator.add, terms)
 
@@ -279,12 +279,12 @@ class NestDatapath:
             if forward:
                 enable, store_row, store_data = self._forward(bank)
                 word = m.mux(enable.signal & store_row.signal.eq(row), store_data.signal, word)
-            data[bank] = delay(m, word, min(latency, 1), f"{self.name}_l{operand}_b{bank}")
+            data[bank] = m.delay(word, min(latency, 1), f"{self.name}_l{operand}_b{bank}")
         coords_stage = walker.at(stage + min(latency, 1))
         by_coords = {_bank_coords(plan, bank): word for bank, word in data.items()}
         values = []
         for position in coords_stage:
-            values.append(delay(m, _bank_word(m, plan, position.coords, by_coords), max(0, latency - 1)))
+            values.append(m.delay(_bank_word(m, plan, position.coords, by_coords), max(0, latency - 1)))
         return values
 
     def _writes_same_buffer(self, operand: int) -> bool:

@@ -14,7 +14,7 @@ from backends.fpga.rtl.control import Machines, NestControl
 from backends.fpga.rtl.datapath import NestDatapath
 from backends.fpga.rtl.images import bank_file
 from backends.fpga.rtl.region import Region
-from backends.fpga.rtl.wiring import BankPorts, name_dropped_low_bits, narrow_delays
+from backends.fpga.rtl.wiring import BankPorts, name_dropped_low_bits
 from backends.rtl.netlist import ModuleBuilder, Signal, bits_for
 
 TOP = "loom_fpga"
@@ -82,10 +82,9 @@ def build(region: Region, machines: Machines) -> ModuleBuilder:
 
 
 def build_modules(region: Region) -> list[Operation]:
-    """The nests' `fsm.machine`s and the finished top `hw.module`, its delay registers narrowed."""
+    """The nests' `fsm.machine`s and the finished top `hw.module`."""
     machines = Machines()
     module = build(region, machines).finish()
-    narrow_delays(module.body.block)
     name_dropped_low_bits(module.body.block)
     return [*machines.ops(), module]
 

@@ -36,6 +36,35 @@ class Fields:
         low, bits = field_position(self.mnemonic, name)
         return self.word[low:low + bits]
 
+    def opcode(self) -> Signal:
+        return self.word[0:8]
+
+    def retyped(self, mnemonic: str) -> Fields:
+        """The same word read as a `mnemonic` instruction."""
+        return Fields(self.word, mnemonic)
+
+    def is_op(self, mnemonic: str) -> Signal:
+        return self.opcode().eq(isa.BY_MNEMONIC[mnemonic].opcode)
+
+
+class SelectedFields(Fields):
+    """The fields of `if_true` or of `if_false`, chosen field by field: a unit
+    that reads a few fields of one of two words, without a mux of whole words
+    whose other bits nothing reads."""
+
+    def __init__(self, select: Signal, if_true: Fields, if_false: Fields):
+        super().__init__(if_true.word, if_true.mnemonic)
+        self.select, self.if_true, self.if_false = select, if_true, if_false
+
+    def __getitem__(self, name: str) -> Signal:
+        return self.select.mux(self.if_true[name], self.if_false[name])
+
+    def opcode(self) -> Signal:
+        return self.select.mux(self.if_true.opcode(), self.if_false.opcode())
+
+    def retyped(self, mnemonic: str) -> SelectedFields:
+        return SelectedFields(self.select, self.if_true.retyped(mnemonic), self.if_false.retyped(mnemonic))
+
 
 def opcode(word: Signal) -> Signal:
     return word[0:8]

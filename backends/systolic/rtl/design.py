@@ -2,9 +2,8 @@
 array, DMA engine, output unit, scratchpads and DRAM.
 
 One module, `systolic_top`, built with `backends.rtl.netlist`. It executes
-the binary program of `isa.py` from a program memory (`program.hex`) against
-a DRAM memory (`dram.hex`), and follows the simulator's timing model
-cycle for cycle (see `simulator.py`):
+the binary program of `isa.py` against a DRAM memory, and follows the
+simulator's timing model cycle for cycle (see `simulator.py`):
 
 - *Sequencer*: one instruction per cycle from `pc`. `view`s load view
   registers; array instructions wait for the array to be idle and start it;
@@ -15,39 +14,48 @@ cycle for cycle (see `simulator.py`):
 - *Array*: `preload` shifts the stationary tile in from the top, one row per
   cycle (R cycles); `stream` feeds one row of the left operand per cycle
   into skewed row inputs; partial sums flow down and leave the bottom of
-  column j for stream row s in pipeline cycle s + R - 1 + j, where they are
-  written (or added) into the drain view. A read-ahead unit finds the drain
+  column j for stream row s in pipeline cycle s + R - 1 + j. De-skewing
+  registers hold column j C - 1 - j cycles more, so row s of every column
+  is written (or added) into the drain view in cycle s + R + C - 2, the
+  drain's last cycle for the last row. A read-ahead unit finds the drain
   instruction and its view while the stream runs; until it has, the first
   result would have nowhere to go, so the array holds.
-- *DMA*: `bandwidth` byte lanes per cycle walk the transfer's rows; the tag
-  completes `latency` cycles after the last beat.
-- *Output unit*: C lanes per cycle over the accumulator view: bias, relu,
-  wrap or requantize, into the output view.
+- *DMA*: `bandwidth` byte lanes per cycle along one row of the transfer;
+  the tag completes `latency` cycles after the last beat.
+- *Output unit*: up to C lanes per cycle along one row of the views, or one
+  column when the output view is transposed: bias, relu, wrap or requantize.
 
-Scratchpads are memories of 32-bit words written with byte masks; each
-client has its own ports (the weight-stationary roles are fixed: preload and
-bias read the filter scratchpad, stream reads the ifmap scratchpad, drain and
-the output unit use the ofmap scratchpad, the DMA engine all three). A port
-per lane is what the timing model asks for: every lane of a view, an im2col
-gather, a skewed drain column or a DMA beat that crosses rows may address any
-byte in the same cycle. The program memory also has a byte-wide load port.
+Every memory is block RAM with synchronous reads (`backends.rtl.banked`), so
+each client addresses its data a cycle ahead: the sequencer fetches at the
+next `pc`, the array reads the row it consumes next cycle (and, idle, the
+first row of the view it may start next), the DMA engine and the output
+unit store a cycle after they read. Each client reads a run of consecutive
+elements per cycle, from a copy of its own where clients would share a
+port: the ifmap scratchpad has one copy per array row (an im2col gather
+reads one byte anywhere from each), the filter scratchpad one for the
+preload and one for the bias, and the ofmap scratchpad is two memories,
+the accumulators (written by drains; copies for the drain's accumulate and
+for the output unit) and the outputs (written by the output unit, stored
+by the DMA engine). `program.check_program` proves a program keeps to
+these roles and that no access meets itself in a bank.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.rtl.netlist import Memory, ModuleBuilder, Signal, bits_for
+from backends.rtl.banked import Access, Banked, BankLayout, banks_for
+from backends.rtl.netlist import Backedge, ModuleBuilder, Signal, bits_for
 from backends.systolic import isa
-from backends.systolic.rtl.decode import Fields, is_op, used_bits
+from backends.systolic.rtl.decode import Fields, SelectedFields, is_op, used_bits
 from backends.systolic.simulator import QUEUE_DEPTH
 
 TOP = "systolic_top"
 PROGRAM_FILE = "program.hex"
-DRAM_FILE = "dram.hex"
 TAG_BITS = 6  # tags are looked up modulo 64; `check_program` rules out aliasing
 COUNT_BITS = 32  # array-instruction counters
 CYCLE_BITS = 32
+ADDRESS_BITS = 32
 SPADS = ("ifmap", "filter", "ofmap")
 WORD = 256
 
@@ -68,24 +76,36 @@ class RtlConfig:
     def dram_address_bits(self) -> int:
         return max(1, (self.dram_bytes - 1).bit_length())
 
+    @property
+    def layouts(self) -> dict[str, BankLayout]:
+        """Each memory's banks: DMA beats are runs of `bandwidth` bytes; the
+        array and the output unit move runs of C bytes or C aligned words.
+        The ofmap scratchpad is two memories, accumulators and outputs."""
+        beat, C = self.bandwidth, self.cols
+        ifmap, filter_, ofmap = self.spad_bytes
+        return {"dram": BankLayout("dram", self.dram_bytes, banks_for(beat)),
+                "ifmap": BankLayout("ifmap", ifmap, banks_for(beat)),
+                "filter": BankLayout("filter", filter_, banks_for(beat, C, words=C)),
+                "acc": BankLayout("acc", ofmap, banks_for(words=C)),
+                "out": BankLayout("out", ofmap, banks_for(beat, C, words=C))}
+
 
 def power_of_two_at_least(value: int) -> int:
     return 1 << max(1, (value - 1).bit_length())
 
 
-def _element(m: ModuleBuilder, word: Signal, byte_address: Signal, is_i32: Signal) -> Signal:
-    """The i8 or i32 element at `byte_address` of a 32-bit word, sign-extended to 32 bits."""
-    lanes = [word[8 * k:8 * k + 8] for k in range(4)]
-    return m.mux(is_i32, word, m.select(byte_address[0:2], lanes).sext(32))
+def times(m: ModuleBuilder, value: Signal, factor: int) -> Signal:
+    """`value * factor` for a small constant, as shifted adds rather than a multiplier."""
+    terms = [value << bit for bit in range(factor.bit_length()) if factor >> bit & 1]
+    total = m.const(0, value.width)
+    for term in terms:
+        total = total + term
+    return total
 
 
-def _store(m: ModuleBuilder, memory: Memory, byte_address: Signal, value: Signal, is_i32: Signal,
-           enable: Signal) -> None:
-    """Write an i8 (low byte of `value`) or i32 element at `byte_address`."""
-    byte = value[0:8]
-    data = m.mux(is_i32, value[0:32], m.concat(byte, byte, byte, byte))
-    mask = m.mux(is_i32, m.const(0xF, 4), m.const(1, 4) << byte_address[0:2].zext(4))
-    memory.write(byte_address[2:], data, enable, mask)
+def word_address(offset: Signal, index: Signal) -> Signal:
+    """The byte address of i32 element `index` of a view at byte `offset` (word-aligned)."""
+    return (offset[2:].zext(ADDRESS_BITS) + index) << 2
 
 
 class Queue:
@@ -111,32 +131,37 @@ class Queue:
 
 
 class Walk:
-    """Lanes over a rows x cols block, row-major, several per cycle, without
-    multipliers or dividers: each lane is the one before it plus one column,
-    wrapping to the next row. Per address stream a lane carries where its row
-    starts and its column's offset, moved by the stream's strides."""
+    """A unit's position in a rows x cols view, one line (a row, or a column
+    for a transposed walk) of up to `lanes` elements per cycle, without
+    multipliers: per address stream it keeps where its line starts and where
+    the current group of lanes starts, moved by the stream's strides."""
 
-    def __init__(self, m: ModuleBuilder, row: Signal, col: Signal, bases: list[tuple[Signal, Signal]]):
-        self.m, self.row, self.col, self.bases = m, row, col, bases
+    def __init__(self, m: ModuleBuilder, name: str, lanes: int, streams: int):
+        self.m, self.lanes = m, lanes
+        self.outer = m.reg(f"{name}_outer", 16)
+        self.inner = m.reg(f"{name}_inner", 16)
+        self.line_bases = [m.reg(f"{name}_line{k}", ADDRESS_BITS) for k in range(streams)]
+        self.group_bases = [m.reg(f"{name}_group{k}", ADDRESS_BITS) for k in range(streams)]
 
-    def step(self, cols: Signal, strides: list[tuple[Signal, Signal]]) -> Walk:
-        m = self.m
-        next_col = self.col + 1
-        wrap = next_col.eq(cols)
-        bases = [(m.mux(wrap, row_base + row_stride, row_base), m.mux(wrap, m.const(0, offset.width), offset + col_stride))
-                 for (row_base, offset), (row_stride, col_stride) in zip(self.bases, strides)]
-        return Walk(m, m.mux(wrap, self.row + 1, self.row), m.mux(wrap, 0, next_col), bases)
-
-    def lanes(self, count: int, cols: Signal, strides: list[tuple[Signal, Signal]]) -> list[Walk]:
-        """This position and the `count` after it."""
-        out = [self]
-        for _ in range(count):
-            out.append(out[-1].step(cols, strides))
-        return out
-
-    def address(self, stream: int) -> Signal:
-        row_base, offset = self.bases[stream]
-        return row_base + offset
+    def step(self, start: Signal, moving: Signal, inner_extent: Signal,
+             strides: list[tuple[Signal, Signal]]) -> tuple[Signal, Signal, list[Signal], Signal]:
+        """(outer index, first inner index, each stream's group start) this
+        cycle, and whether this group ends its line; the registers move on when
+        `moving`. `strides` are (outer, inner) per stream."""
+        m, zero = self.m, self.m.const(0, ADDRESS_BITS)
+        outer = m.mux(start, m.const(0, 16), self.outer.q)
+        inner = m.mux(start, m.const(0, 16), self.inner.q)
+        line_bases = [m.mux(start, zero, base.q) for base in self.line_bases]
+        group_bases = [m.mux(start, zero, base.q) for base in self.group_bases]
+        line_ends = (inner.zext(17) + self.lanes).uge(inner_extent.zext(17))
+        self.outer.set(m.mux(line_ends, outer + 1, outer), when=moving)
+        self.inner.set(m.mux(line_ends, m.const(0, 16), inner + self.lanes), when=moving)
+        for line, group, line_reg, group_reg, (outer_stride, inner_stride) in zip(
+                line_bases, group_bases, self.line_bases, self.group_bases, strides):
+            next_line = line + outer_stride
+            line_reg.set(m.mux(line_ends, next_line, line), when=moving)
+            group_reg.set(m.mux(line_ends, next_line, group + times(m, inner_stride, self.lanes)), when=moving)
+        return outer, inner, group_bases, line_ends
 
 
 def build(config: RtlConfig) -> ModuleBuilder:
@@ -153,12 +178,19 @@ class _Builder:
         self.cycle.set(self.cycle.q + 1)
 
         program_bits = max(1, (config.program_words - 1).bit_length())
-        self.program = m.memory("program", config.program_words, WORD, mask=WORD // 8, init_file=PROGRAM_FILE)
+        # Two copies: the sequencer's fetch and the drain read-ahead.
+        self.program = [m.memory(f"program_{role}", config.program_words, WORD, mask=WORD // 8,
+                                 init_file=PROGRAM_FILE, read_latency=1) for role in ("fetch", "scout")]
         self.program_loader(program_bits)
-        self.dram = m.memory("dram", config.dram_bytes, 8, init_file=DRAM_FILE)
-        self.spads = [m.memory(name, power_of_two_at_least(size // 4), 32, mask=4) for name, size in zip(SPADS, config.spad_bytes)]
+        layouts = config.layouts
+        self.dram = Banked(m, layouts["dram"], init=True)
+        self.ifmap = Banked(m, layouts["ifmap"], copies=R)  # one per array row
+        self.filter = Banked(m, layouts["filter"], copies=2)  # preload, bias
+        self.acc = Banked(m, layouts["acc"], copies=2)  # drain, output unit
+        self.out = Banked(m, layouts["out"])
         self.pc = m.reg("pc", program_bits)
-        self.word = self.program.read(self.pc.q).named("instruction")
+        self.fetch_address = Backedge(m, program_bits)
+        self.word = self.program[0].read(self.fetch_address.signal).named("instruction")
 
         # Tags: pending until their transfer or post finishes, then done at a cycle.
         self.pending = m.reg("pending", 1 << TAG_BITS)
@@ -173,17 +205,13 @@ class _Builder:
         self.views = {slot: m.reg(f"view{slot}", WORD) for slot in
                       (isa.SLOT_PRELOAD, isa.SLOT_LEFT, isa.SLOT_DRAIN, isa.SLOT_ACC, isa.SLOT_BIAS, isa.SLOT_OUT)}
 
+        self.acc_writes: list[tuple[Access, Signal]] = []  # drains, and DMA loads into the ofmap
         self.sequencer()
         self.array(R, C)
         self.dma_engine()
         self.output_unit(C)
+        self.acc.write(self.acc_writes)
         self.tags()
-
-        dbg_address = m.input("dbg_addr", config.dram_address_bits)
-        m.output("done", self.halted.q)
-        m.output("error", self.error.q)
-        m.output("cycles", self.end_cycle.q)
-        m.output("dbg_data", self.dram.read(dbg_address))
 
     def program_loader(self, program_bits: int) -> None:
         """A byte-wide write port into the program memory (`load_en`, `load_addr` =
@@ -195,17 +223,24 @@ class _Builder:
         address = m.input("load_addr", program_bits + 5)
         byte = m.input("load_data", 8)
         lane = m.const(1, WORD // 8) << address[0:5].zext(WORD // 8)
-        self.program.write(address[5:], m.concat(*[byte] * (WORD // 8)), enable, lane)
+        for memory in self.program:
+            memory.write(address[5:], m.concat(*[byte] * (WORD // 8)), enable, lane)
 
     # -- sequencer ---------------------------------------------------------------------
 
     def sequencer(self) -> None:
         """The sequencer's state; its decisions (`tags`) need every unit built first."""
-        m = self.m
+        m, word = self.m, self.word
         self.halted = m.reg("halted", 1)
         self.error = m.reg("error_flag", 1)
         self.end_cycle = m.reg("end_cycle", CYCLE_BITS)
         self.running = ~self.halted.q
+        self.loads_view = self.running & (is_op(word, "view") | is_op(word, "view.im2col"))
+
+    def view_next(self, slot: int) -> SelectedFields:
+        """The fields of what view register `slot` holds next cycle."""
+        return SelectedFields(self.loads_view & Fields(self.word, "view")["slot"].eq(slot),
+                              Fields(self.word, "view"), Fields(self.views[slot].q, "view"))
 
     def _tag_ready(self, tag: Signal) -> Signal:
         index = tag[0:TAG_BITS]
@@ -245,14 +280,14 @@ class _Builder:
         drain_known = m.reg("drain_known", 1)
         drain_accumulate = m.reg("drain_accumulate", 1)
         drain_view = m.reg("drain_view", WORD)
-        scout_word = self.program.read(scout_pc.q)
+        start_scout = issue & is_stream
+        scout_pc_next = m.mux(start_scout, self.pc.q + 1, m.mux(scouting.q, scout_pc.q + 1, scout_pc.q))
+        scout_word = self.program[1].read(scout_pc_next)
         scout_view3 = scouting.q & is_op(scout_word, "view") & Fields(scout_word, "view")["slot"].eq(isa.SLOT_DRAIN)
         scout_drain = scouting.q & is_op(scout_word, "drain")
         known_now = drain_known.q | scout_drain
         accumulate_now = m.mux(drain_known.q, drain_accumulate.q, Fields(scout_word, "drain")["accumulate"])
-        start_scout = issue & is_stream
-        scout_pc.set(scout_pc.q + 1, when=scouting.q)
-        scout_pc.set(self.pc.q + 1, when=start_scout)
+        scout_pc.set(scout_pc_next)
         scouting.set(0, when=scout_drain)
         scouting.set(1, when=start_scout)
         drain_known.set(1, when=scout_drain)
@@ -268,35 +303,43 @@ class _Builder:
         advance = pipe_tick | preload_tick
         last = advance & remaining_now.eq(1)
 
-        op.set(op_now)
-        op.set(0, when=last)
-        remaining.set(m.mux(advance, remaining_now - 1, remaining_now))
-        tick.set(m.mux(pipe_tick, tick_now + 1, tick_now))
+        op_next = m.mux(last, m.const(0, 2), op_now)
+        remaining_next = m.mux(advance, remaining_now - 1, remaining_now)
+        tick_next = m.mux(pipe_tick, tick_now + 1, tick_now)
+        op.set(op_next)
+        remaining.set(remaining_next)
+        tick.set(tick_next)
         stream_rows.set(rows_now)
         op_view.set(view_now)
         self.issued.set(self.issued.q + 1, when=issue)
         self.completed.set(self.completed.q + 1, when=last)
         self.array_issue = issue
 
-        # Stationary tile: shifts down one row per preload cycle, last row first.
-        view = Fields(view_now, "view")
-        filter_spad, ifmap_spad, ofmap_spad = self.spads[1], self.spads[0], self.spads[2]
-        feed_row = (remaining_now - 1)[0:16]
+        # Stationary tile: shifts down one row per preload cycle, last row first. The
+        # row shifted in next cycle is read now: the preload's next, or row R - 1 of
+        # the view a preload starting next cycle would use.
+        preloading_next = op_next.eq(1)
+        fetch_view = SelectedFields(preloading_next, Fields(view_now, "view"), self.view_next(isa.SLOT_PRELOAD))
+        fetch_row = m.mux(preloading_next, (remaining_next - 1)[0:16], m.const(R - 1, 16))
+        row_base = fetch_view["offset"].zext(ADDRESS_BITS) + fetch_row.zext(ADDRESS_BITS) * fetch_view["row_stride"].zext(ADDRESS_BITS)
+        col_stride = fetch_view["col_stride"].zext(ADDRESS_BITS)
+        one = m.const(1, 1)
+        columns = self.filter.read(0, [Access(row_base + times(m, col_stride, j), one) for j in range(C)])
         weights = [[m.reg(f"w_{i}_{j}", 8) for j in range(C)] for i in range(R)]
-        row_base = view["offset"].zext(32) + feed_row.zext(32) * view["row_stride"].zext(32)
         for j in range(C):
-            address = row_base + view["col_stride"].zext(32) * j
-            value = _element(m, filter_spad.read(address[2:]), address, m.const(0, 1))[0:8]
-            valid = feed_row.ult(view["rows"]) & view["cols"].ugt(j)
-            weights[0][j].set(m.mux(valid, value, 0), when=preload_tick)
+            valid = m.delay(fetch_row.ult(fetch_view["rows"]) & fetch_view["cols"].ugt(j))
+            weights[0][j].set(m.mux(valid, columns[j][0:8], 0), when=preload_tick)
             for i in range(1, R):
                 weights[i][j].set(weights[i - 1][j].q, when=preload_tick)
 
-        # Left operand: row `tick` of the stream view, one element per array row.
+        # Left operand: row `tick` of the stream view, one element per array row, read a
+        # cycle ahead like the preload's.
         feeding = op_now.eq(2)
-        left = self.stream_row(view_now, tick_now, issue & is_stream, pipe_tick & feeding, R, ifmap_spad)
-        inputs = [m.mux(feeding & tick_now.ult(rows_now.zext(17)) & valid, value, 0)
-                  for value, valid in left]
+        streaming_next = op_next.eq(2)
+        stream_view = SelectedFields(streaming_next, Fields(view_now, "view"), self.view_next(isa.SLOT_LEFT))
+        left = self.stream_row(stream_view, m.mux(streaming_next, tick_next[0:16], m.const(0, 16)),
+                               streaming_next, pipe_tick, R)
+        inputs = [m.mux(feeding & tick_now.ult(rows_now.zext(17)) & valid, value, 0) for value, valid in left]
         skewed = []
         for i, value in enumerate(inputs):
             for depth in range(i):
@@ -324,33 +367,54 @@ class _Builder:
                     a_reg.set(a_in, when=pipe_tick)
                     a_in = a_reg.q
             sums = new_sums
+        self.drain(C, R + C - 2, sums, drain_view.q, tick_now, tick_next, rows_now, pipe_tick, accumulate_now)
 
-        # Results leave the bottom of column j for stream row tick - (R - 1) - j.
-        target = Fields(drain_view.q, "view")
-        for j in range(C):
-            row = tick_now.zext(18) - (R - 1 + j)
-            valid = pipe_tick & ~row[17] & row[0:17].ult(rows_now.zext(17)) & target["cols"].ugt(j)
-            element = row[0:17].zext(32) * target["row_stride"].zext(32) + target["col_stride"].zext(32) * j
-            address = target["offset"][2:].zext(32) + element  # a word address: accumulators are i32
-            old = ofmap_spad.read(address)
-            value = m.mux(accumulate_now, old + sums[j], sums[j])
-            ofmap_spad.write(address, value, valid, m.const(0xF, 4))
-
-    def stream_row(self, view_word: Signal, row: Signal, starting: Signal, tick: Signal, lanes: int,
-                   spad: Memory) -> list[tuple[Signal, Signal]]:
-        """(value, in bounds) of each element of row `row` of a matrix or im2col view (i8)."""
+    def drain(self, C: int, depth: int, sums: list[Signal], view_word: Signal, tick_now: Signal,
+              tick_next: Signal, rows_now: Signal, pipe_tick: Signal, accumulate: Signal) -> None:
+        """De-skew the array's outputs and write row tick - `depth` of the drain
+        view each cycle, adding what is there when the drain accumulates (read
+        the cycle before, for the row written next)."""
         m = self.m
-        matrix, im2col = Fields(view_word, "view"), Fields(view_word, "view.im2col")
-        is_im2col = is_op(view_word, "view.im2col")
-        # Output pixel of the row, stepped along with the stream from the view's (oh0, ow0).
+        aligned = []
+        for j, value in enumerate(sums):
+            for stage_index in range(C - 1 - j):
+                stage = m.reg(f"deskew_{j}_{stage_index}", 32)
+                stage.set(value, when=pipe_tick)
+                value = stage.q
+            aligned.append(value)
+        target = Fields(view_word, "view")
+
+        def lanes(tick: Signal, when: Signal) -> list[Access]:
+            row = tick.zext(18) - depth
+            valid = when & ~row[17] & row[0:17].ult(rows_now.zext(17))
+            base = row[0:17].zext(ADDRESS_BITS) * target["row_stride"].zext(ADDRESS_BITS)
+            col_stride = target["col_stride"].zext(ADDRESS_BITS)
+            word = m.const(1, 1)
+            return [Access(word_address(target["offset"], base + times(m, col_stride, j)),
+                           valid & target["cols"].ugt(j), word) for j in range(C)]
+
+        old = self.acc.read(0, lanes(tick_next, m.const(1, 1)))
+        writes = lanes(tick_now, pipe_tick)
+        self.acc_writes += [(lane, m.mux(accumulate, previous + value, value))
+                            for lane, previous, value in zip(writes, old, aligned)]
+
+    def stream_row(self, matrix: Fields, row: Signal, streaming_next: Signal, pipe_tick: Signal,
+                   lanes: int) -> list[tuple[Signal, Signal]]:
+        """(value, in bounds) next cycle of each element of row `row` of a matrix
+        or im2col view (i8) read now."""
+        m = self.m
+        im2col, is_im2col = matrix.retyped("view.im2col"), matrix.is_op("view.im2col")
+        # Output pixel of the row read, stepped from the view's (oh0, ow0) as the stream moves.
         out_w = im2col["out_w"].zext(20)
         oh = m.reg("stream_oh", 20)
         ow = m.reg("stream_ow", 20)
-        oh_now = m.mux(starting, im2col["oh0"], oh.q)
-        ow_now = m.mux(starting, im2col["ow0"].zext(20), ow.q)
-        wrap = (ow_now + 1).eq(out_w)
-        oh.set(m.mux(wrap, oh_now + 1, oh_now), when=tick)
-        ow.set(m.mux(wrap, 0, ow_now + 1), when=tick)
+        wrap = (ow.q + 1).eq(out_w)
+        step = streaming_next & pipe_tick
+        oh_now = m.mux(streaming_next, m.mux(step & wrap, oh.q + 1, oh.q), im2col["oh0"])
+        ow_now = m.mux(streaming_next, m.mux(step, m.mux(wrap, m.const(0, 20), ow.q + 1), ow.q),
+                       im2col["ow0"].zext(20))
+        oh.set(oh_now)
+        ow.set(ow_now)
 
         # Window position of lane 0, from the view; the other lanes step from it by one.
         kernel_w, kernel_h = im2col["kernel_w"], im2col["kernel_h"]
@@ -364,7 +428,8 @@ class _Builder:
         row_h = (oh_now.zext(32) * im2col["stride_h"].zext(32)) - im2col["row0"].zext(32)
         row_w = (ow_now.zext(32) * im2col["stride_w"].zext(32)) - im2col["col0"].zext(32)
         row_linear = row_h * band_w + row_w
-        pad = im2col["pad_value"]
+        pad = m.delay(im2col["pad_value"])
+        matrix_row = matrix["offset"].zext(32) + row.zext(32) * matrix["row_stride"].zext(32)
         out = []
         for j in range(lanes):
             if j:
@@ -382,16 +447,16 @@ class _Builder:
                       iw.slt(band_w) & iw.sge(0))
             index = channel_base + row_linear + kh_linear + kw_offset
             im2col_address = im2col["offset"].zext(32) + index
-            matrix_address = (matrix["offset"].zext(32) + row.zext(32) * matrix["row_stride"].zext(32)
-                              + matrix["col_stride"].zext(32) * j)
+            matrix_address = matrix_row + times(m, matrix["col_stride"].zext(32), j)
             address = m.mux(is_im2col, im2col_address, matrix_address)
-            value = _element(m, spad.read(address[2:]), address, m.const(0, 1))[0:8]
-            value = m.mux(is_im2col & ~inside, pad, value)
+            (value,) = self.ifmap.read(j, [Access(address, m.const(1, 1))])
+            padded = m.delay(is_im2col & ~inside)
             in_view = m.mux(is_im2col, im2col["cols"], matrix["cols"]).ugt(j)
             # As the simulator does, stop on a read past the scratchpad (a view the
             # compiler should never produce).
-            self.faults.append(tick & in_view & (~is_im2col | inside) & address.uge(self.config.spad_bytes[0]))
-            out.append((value, in_view))
+            outside = in_view & (~is_im2col | inside) & address.uge(self.config.spad_bytes[0])
+            self.faults.append(pipe_tick & m.delay(streaming_next & outside))
+            out.append((m.mux(padded, pad, value[0:8]), m.delay(in_view)))
         return out
 
     # -- DMA -------------------------------------------------------------------------------
@@ -415,36 +480,47 @@ class _Builder:
         params.set(current)
         f = Fields(current, "dma.load")
         loading = current[fields_bits]
-        dram_bits = config.dram_address_bits
+        moving = active.q | start
+        # Position: the row, and the byte of the row this beat starts at.
         row = m.reg("dma_row", 16)
         col = m.reg("dma_col", 24)
-        dram_row = m.reg("dma_dram_row", dram_bits)
-        spad_row = m.reg("dma_spad_row", 24)
+        dram_row = m.reg("dma_dram_row", ADDRESS_BITS)
+        spad_row = m.reg("dma_spad_row", ADDRESS_BITS)
+        row_now = m.mux(start, m.const(0, 16), row.q)
         col_now = m.mux(start, m.const(0, 24), col.q)
-        here = Walk(m, m.mux(start, m.const(0, 16), row.q), col_now,
-                    [(m.mux(start, f["dram_addr"][0:dram_bits], dram_row.q), col_now.zext(dram_bits)[0:dram_bits]),
-                     (m.mux(start, f["spad_addr"], spad_row.q), col_now)])
-        one = m.const(1, 24)
-        lanes = here.lanes(config.bandwidth, f["row_bytes"],
-                           [(f["dram_stride"][0:dram_bits], one.zext(dram_bits)[0:dram_bits]), (f["spad_stride"], one)])
-        moving = active.q | start
-        for lane in lanes[:-1]:
-            valid = moving & lane.row.ult(f["rows"])
-            dram_address, spad_address = lane.address(0), lane.address(1)
-            spad_values = []
-            for index, spad in enumerate(self.spads):
-                chosen = f["spad"].eq(index)
-                _store(m, spad, spad_address, self.dram.read(dram_address).zext(32), m.const(0, 1),
-                       valid & loading & chosen)
-                spad_values.append(_element(m, spad.read(spad_address[2:]), spad_address, m.const(0, 1)))
-            self.dram.write(dram_address, m.select(f["spad"], spad_values)[0:8], valid & ~loading)
-        following = lanes[-1]
-        finished = moving & following.row.uge(f["rows"])
-        row.set(following.row)
-        col.set(following.col)
-        dram_row.set(following.bases[0][0])
-        spad_row.set(following.bases[1][0])
+        dram_now = m.mux(start, f["dram_addr"].zext(ADDRESS_BITS), dram_row.q)
+        spad_now = m.mux(start, f["spad_addr"].zext(ADDRESS_BITS), spad_row.q)
+        row_ends = (col_now.zext(25) + config.bandwidth).uge(f["row_bytes"].zext(25))
+        finished = moving & row_ends & (row_now + 1).uge(f["rows"])
+        row.set(m.mux(row_ends, row_now + 1, row_now), when=moving)
+        col.set(m.mux(row_ends, m.const(0, 24), col_now + config.bandwidth), when=moving)
+        dram_row.set(m.mux(row_ends, dram_now + f["dram_stride"].zext(ADDRESS_BITS), dram_now), when=moving)
+        spad_row.set(m.mux(row_ends, spad_now + f["spad_stride"].zext(ADDRESS_BITS), spad_now), when=moving)
         active.set(moving & ~finished)
+
+        beat = []
+        for k in range(config.bandwidth):
+            offset = col_now.zext(ADDRESS_BITS) + k
+            beat.append((moving & offset.ult(f["row_bytes"].zext(ADDRESS_BITS)), dram_now + offset, spad_now + offset))
+        # A beat reads in this cycle and writes what it read in the next.
+        debug = self.halted.q
+        debug_address = m.input("dbg_addr", config.dram_address_bits).zext(ADDRESS_BITS)
+        from_dram = self.dram.read(0, [Access(m.mux(debug, debug_address, dram), m.mux(debug, int(k == 0), valid & loading))
+                                       for k, (valid, dram, _) in enumerate(beat)])
+        m.output("dbg_data", from_dram[0][0:8])
+        from_spad = self.out.read(0, [Access(spad, valid & ~loading) for valid, _, spad in beat])
+        spad_index = m.delay(f["spad"])
+        load_delayed, moved = m.delay(loading), [m.delay(valid) for valid, _, _ in beat]
+        for index, memory in enumerate(SPADS):
+            chosen = load_delayed & spad_index.eq(index)
+            lanes = [(Access(m.delay(spad), valid & chosen), value)
+                     for (_, _, spad), valid, value in zip(beat, moved, from_dram)]
+            if memory == "ofmap":  # into the accumulators; `check_program` keeps the array off meanwhile
+                self.acc_writes += lanes
+            else:
+                (self.ifmap if memory == "ifmap" else self.filter).write(lanes)
+        self.dram.write([(Access(m.delay(dram), valid & ~load_delayed), value)
+                         for (_, dram, _), valid, value in zip(beat, moved, from_spad)])
         self.pending_clears.append((finished, f["tag"]))
         self.done_updates.append((finished, f["tag"], self.cycle.q + 1 + config.latency))
         self.dma_idle = ~active.q & queue.empty
@@ -479,41 +555,48 @@ class _Builder:
             return Fields(current[low:low + view_bits], "view")
 
         acc, bias, out = view_of(0), view_of(1), view_of(2)
-        # Element indices of the accumulator, bias and output views, walked together.
-        row = m.reg("post_row", 16)
-        col = m.reg("post_col", 16)
-        resume = [(m.reg(f"post_row_base{k}", 32), m.reg(f"post_offset{k}", 32)) for k in range(3)]
-        zero = m.const(0, 32)
-        here = Walk(m, m.mux(start, m.const(0, 16), row.q), m.mux(start, m.const(0, 16), col.q),
-                    [(m.mux(start, zero, base.q), m.mux(start, zero, offset.q)) for base, offset in resume])
-        strides = [(view["row_stride"].zext(32), view["col_stride"].zext(32)) for view in (acc, bias, out)]
-        strides[1] = (zero, strides[1][1])  # every output row adds the same bias row
-        lanes = here.lanes(C, acc["cols"], strides)
+        # The simulator's rule: along columns when the output view is transposed.
+        by_columns = out["row_stride"].eq(1) & out["col_stride"].ne(1)
+        inner_extent = m.mux(by_columns, acc["rows"], acc["cols"])
+        outer_extent = m.mux(by_columns, acc["cols"], acc["rows"])
+        # (row, column) element strides of the three views; every output row adds the same bias row.
+        strides = [(view["row_stride"].zext(ADDRESS_BITS), view["col_stride"].zext(ADDRESS_BITS)) for view in (acc, out)]
+        strides.insert(1, (m.const(0, ADDRESS_BITS), bias["col_stride"].zext(ADDRESS_BITS)))
+        oriented = [(m.mux(by_columns, col, row), m.mux(by_columns, row, col)) for row, col in strides]
+        walk = Walk(m, "post", C, 3)
         moving = active.q | start
-        ofmap, filter_spad = self.spads[2], self.spads[1]
+        outer, inner, bases, line_ends = walk.step(start, moving, inner_extent, oriented)
+        finished = moving & line_ends & (outer + 1).uge(outer_extent)
+        active.set(moving & ~finished)
+
         bias_i32 = bias["dtype"].eq(isa.DTYPES.index("i32"))
         out_i32 = post["out_dtype"].eq(isa.DTYPES.index("i32"))
-        for lane in lanes[:-1]:
-            valid = moving & lane.row.ult(acc["rows"])
-            value = ofmap.read(acc["offset"][2:].zext(32) + lane.address(0))  # i32: a word address
-            bias_address = bias["offset"].zext(32) + m.mux(bias_i32, lane.address(1) << 2, lane.address(1))
-            bias_value = _element(m, filter_spad.read(bias_address[2:]), bias_address, bias_i32)
-            value = m.mux(post["bias"], value + bias_value, value)
-            converted, floor = self.convert(post, value, out_i32)
+        word_lane = m.const(1, 1)
+        acc_lanes, bias_lanes, out_lanes = [], [], []
+        for k in range(C):
+            valid = moving & (inner + k).ult(inner_extent)
+            acc_index, bias_index, out_index = (base + times(m, inner_stride, k)
+                                                for base, (_, inner_stride) in zip(bases, oriented))
+            acc_lanes.append(Access(word_address(acc["offset"], acc_index), valid, word_lane))
+            bias_lanes.append(Access(bias["offset"].zext(ADDRESS_BITS) + m.mux(bias_i32, bias_index << 2, bias_index),
+                                     valid & post["bias"], bias_i32))
+            out_lanes.append(Access(out["offset"].zext(ADDRESS_BITS) + m.mux(out_i32, out_index << 2, out_index),
+                                    valid, out_i32))
+        # Accumulators and bias arrive next cycle, when the outputs are written.
+        values = self.acc.read(1, acc_lanes)
+        biases = self.filter.read(1, bias_lanes)
+        post_then = Fields(m.delay(current[0:post_bits]), "post")
+        out_i32_then = post_then["out_dtype"].eq(isa.DTYPES.index("i32"))
+        results = []
+        for value, bias_value in zip(values, biases):
+            value = m.mux(post_then["bias"], value + bias_value, value)
+            converted, floor = self.convert(post_then, value, out_i32_then)
             relu_value = m.mux(converted.slt(floor), floor, converted)
-            result = m.mux(post["relu"], relu_value, converted)
-            out_address = out["offset"].zext(32) + m.mux(out_i32, lane.address(2) << 2, lane.address(2))
-            _store(m, ofmap, out_address, result, out_i32, valid)
-        following = lanes[-1]
-        finished = moving & following.row.uge(acc["rows"])
-        row.set(following.row)
-        col.set(following.col)
-        for (base, offset), (next_base, next_offset) in zip(resume, following.bases):
-            base.set(next_base)
-            offset.set(next_offset)
-        active.set(moving & ~finished)
+            results.append(m.mux(post_then["relu"], relu_value, converted))
+        self.out.write([(Access(m.delay(lane.address), m.delay(lane.enable), out_i32_then), result)
+                        for lane, result in zip(out_lanes, results)])
         self.pending_clears.append((finished, post["tag"]))
-        self.done_updates.append((finished, post["tag"], self.cycle.q + 1))
+        self.done_updates.append((finished, post["tag"], self.cycle.q + 2))
         self.post_idle = ~active.q & queue.empty
 
     def convert(self, post: Fields, value: Signal, out_i32: Signal) -> tuple[Signal, Signal]:
@@ -555,22 +638,25 @@ class _Builder:
         self.last_done.set(last_done)
 
         is_wait, is_halt = is_op(word, "wait"), is_op(word, "halt")
-        is_view = is_op(word, "view") | is_op(word, "view.im2col")
-        simple = is_view | is_op(word, "nop") | is_op(word, "config") | is_op(word, "layer")
-        wait_ready = is_wait & self._tag_ready(Fields(word, "wait")["tag"])
+        simple = self.loads_view | running & (is_op(word, "nop") | is_op(word, "config") | is_op(word, "layer"))
+        wait_ready = running & is_wait & self._tag_ready(Fields(word, "wait")["tag"])
         settled = (self.array_idle & self.dma_idle & self.post_idle & self.cycle.q.uge(self.last_done.q)
                    & self.pending.q.eq(0))
         halt_now = running & is_halt & settled
-        unknown = running & ~(simple | is_wait | is_halt | self.dma_instruction | is_op(word, "post")
-                              | is_op(word, "preload") | is_op(word, "stream") | is_op(word, "drain"))
-        stop = unknown | running & m.any_of(self.faults)
-        advance = running & (simple | wait_ready) | self.array_issue | self.dma_issue | self.post_issue
-        self.pc.set(self.pc.q + 1, when=advance)
+        known = (is_op(word, "view") | is_op(word, "view.im2col") | is_op(word, "nop") | is_op(word, "config")
+                 | is_op(word, "layer") | is_wait | is_halt | self.dma_instruction | is_op(word, "post")
+                 | is_op(word, "preload") | is_op(word, "stream") | is_op(word, "drain"))
+        stop = running & (~known | m.any_of(self.faults))
+        advance = simple | wait_ready | self.array_issue | self.dma_issue | self.post_issue
+        pc_next = m.mux(advance, self.pc.q + 1, self.pc.q)
+        self.pc.set(pc_next)
+        self.fetch_address.resolve(m.mux(m.rst, m.const(0, self.pc.width), pc_next))
         slot = Fields(word, "view")["slot"]
         for index, register in self.views.items():
-            register.set(word, when=running & is_view & slot.eq(index))
+            register.set(word, when=self.loads_view & slot.eq(index))
         self.halted.set(1, when=halt_now | stop)
         self.error.set(1, when=stop)
         self.end_cycle.set(self.cycle.q, when=halt_now | stop)
-
-
+        m.output("done", self.halted.q)
+        m.output("error", self.error.q)
+        m.output("cycles", self.end_cycle.q)

@@ -2,7 +2,7 @@
 
 The Verilog depends only on the hardware parameters (`rtl_config`), so
 programs for the same array share one export and one Verilator build; the
-program and the DRAM contents are `$readmemh` files read at time zero from
+program and the DRAM's banks are `$readmemh` files read at time zero from
 the run's directory.
 """
 
@@ -20,18 +20,12 @@ from backends.rtl.export import export_verilog
 from backends.rtl.netlist import design
 from backends.systolic.codegen import Compiled
 from backends.systolic.rtl import design as systolic_design
-from backends.systolic.rtl.program import (
-    check_program,
-    cycle_limit,
-    dram_hex,
-    initial_dram,
-    program_hex,
-    rtl_config,
-)
+from backends.systolic.rtl.program import check_program, cycle_limit, images, rtl_config
 from compiler.diagnostics import InternalError
+from compiler.files import write_tree
 
 HARNESS = verilator.Harness(systolic_design.TOP, scalars=("cycles", "error"),
-                            readout_address="dbg_addr", readout_data="dbg_data")
+                            readout_address="dbg_addr", readout_data="dbg_data", readout_latency=1)
 
 
 @functools.cache
@@ -54,7 +48,7 @@ def run_rtl(compiled: Compiled, inputs: dict[str, np.ndarray]) -> RtlRun:
     build = verilator.build(verilog(config), HARNESS)
     with tempfile.TemporaryDirectory(prefix="loom-rtl-") as work:
         workdir = Path(work)
-        write_images(compiled, inputs, config, workdir)
+        write_tree(workdir, images(compiled, inputs, config))
         result = build.run(workdir, cycle_limit(compiled), 0, compiled.dram_bytes)
     if not result.done or result.scalars["error"]:
         raise InternalError(f"the RTL did not halt cleanly (done={result.done}, error={result.scalars['error']}, "
@@ -62,13 +56,3 @@ def run_rtl(compiled: Compiled, inputs: dict[str, np.ndarray]) -> RtlRun:
     dram = np.array(result.words, np.uint8)
     return RtlRun({name: place.read(dram) for name, place in compiled.outputs.items()}, result.scalars["cycles"],
                   dram)
-
-
-def write_images(compiled: Compiled, inputs: dict[str, np.ndarray], config: systolic_design.RtlConfig,
-                 directory: Path) -> list[Path]:
-    """program.hex and dram.hex for one run."""
-    program = directory / systolic_design.PROGRAM_FILE
-    dram = directory / systolic_design.DRAM_FILE
-    program.write_text(program_hex(compiled.program, config.program_words))
-    dram.write_text(dram_hex(initial_dram(compiled, inputs, config.dram_bytes)))
-    return [program, dram]
