@@ -2,20 +2,14 @@
 
     .venv/bin/python benchmarks/systolic_synth.py [--scratchpad BYTES] [--dram BYTES] [ROWSxCOLS ...]
 
-(default: 256-byte scratchpads and DRAM, arrays 4x4 and 8x8). Each array is
-generated as in `loom compile --emit verilog`, synthesized with yosys
-`synth_ecp5` keeping its modules apart, and, when it fits the LFE5U-85F
-(CABGA381), placed and routed with nextpnr-ecp5 (router2) at 100 MHz
-requested (both the YoWASP pip builds). Prints LUT4, flip-flop, DSP (MULT18X18D), block RAM
-(DP16KD), LUT RAM and carry counts, the part of them in `systolic_top` (the
-array, sequencer, DMA engine and output unit) and in each memory, and Fmax.
-
-The timing model lets every lane of a view, an im2col gather, a skewed drain
-column or a DMA beat address any byte in the same cycle, so the design gives
-each lane its own scratchpad port and yosys builds the scratchpads from
-flip-flops and multiplexers; ABC9, the flow's LUT mapper, does not finish on
-that netlist, so the LUTs are mapped with ABC's classic mapper
-(`synth.synthesize(lut_mapper="abc")`). The program memory is loaded through
+(default: 8 KiB scratchpads, a 16 KiB DRAM, a 512-instruction program
+memory, arrays 4x4 and 8x8). Each array is generated as in `loom compile
+--emit verilog`, synthesized with yosys `synth_ecp5` (flattened, so each
+memory's output register folds into its block RAM; LUTs mapped with ABC's
+classic mapper) and, when it fits the LFE5U-85F (CABGA381), placed and
+routed with nextpnr-ecp5 (router2) at 100 MHz requested (both the YoWASP
+pip builds). Prints LUT4, flip-flop, DSP (MULT18X18D), block RAM (DP16KD),
+LUT RAM and carry counts, and Fmax. The program memory is loaded through
 the design's `load_*` port, so its contents stay out of the netlist.
 """
 
@@ -43,7 +37,7 @@ def measure(rows: int, cols: int, scratchpad: int, dram: int) -> tuple[synth.Syn
     config = RtlConfig(rows, cols, (scratchpad,) * 3, dram, PROGRAM_WORDS, BANDWIDTH, LATENCY)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loom-synth-") as work:
-        report = synth.synthesize(verilog(config), TOP, Path(work), lut_mapper="abc", flatten=False)
+        report = synth.synthesize(verilog(config), TOP, Path(work), lut_mapper="abc")
         if report.luts + 2 * report.carry > DEVICE_LUTS:
             placed = "does not fit"
         else:
@@ -62,17 +56,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"ECP5 LFE5U-85F ({DEVICE_LUTS} LUT4); scratchpads {args.scratchpad} B each, DRAM {args.dram} B, "
           f"{BANDWIDTH} B/cycle DMA\n")
-    print("| array | LUT4 | FF | DSP | BRAM | LUT RAM | carry | LUT4 / FF / carry in systolic_top | "
-          "LUT4 in memories | Fmax (MHz) | tool time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
+    print("| array | LUT4 | FF | DSP | BRAM | LUT RAM | carry | Fmax (MHz) | tool time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for array in args.arrays:
         rows, cols = map(int, array.split("x"))
         r, placed, seconds = measure(rows, cols, args.scratchpad, args.dram)
-        core = r.modules[TOP]
-        memories = ", ".join(f"{name.rsplit('_', 1)[0]} {m.luts}" for name, m in sorted(r.modules.items(),
-                             key=lambda item: -item[1].luts) if name != TOP and m.luts)
-        print(f"| {array} | {r.luts} | {r.ffs} | {r.dsps} | {r.brams} | {r.lutram} | {r.carry} | "
-              f"{core.luts} / {core.ffs} / {core.carry} | {memories} | {placed} | {seconds:.0f} s |", flush=True)
+        print(f"| {array} | {r.luts} | {r.ffs} | {r.dsps} | {r.brams} | {r.lutram} | {r.carry} | {placed} | "
+              f"{seconds:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":

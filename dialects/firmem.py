@@ -9,9 +9,9 @@ A memory is declared once and accessed through ports, each its own op:
 The ops print in CIRCT's own syntax, which is all Loom needs of them: the
 RTL builder prints a module and CIRCT parses it, lowers every memory to a
 Verilog array with one read or write port per port op (`lower-seq-firmem`,
-`hw-memory-sim`) and, given `init`, loads it with `$readmemh`. Write ports
-have latency 1; read ports 0 (combinational) or 1 (the address registered:
-what block RAM offers). Parsing them back into xDSL is not supported.
+`hw-memory-sim`) and, given `init`, loads it with `$readmemh`. Read ports
+have latency 0 (combinational), write ports latency 1. Parsing them back
+into xDSL is not supported.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from xdsl.irdl import (
     operand_def,
     opt_operand_def,
     opt_prop_def,
-    prop_def,
     result_def,
 )
 from xdsl.printer import Printer
@@ -86,17 +85,15 @@ class FirMemOp(IRDLOperation):
     name = "seq.firmem"
 
     init = opt_prop_def(FirMemInitAttr)
-    read_latency = prop_def(IntAttr)
     memory = result_def(FirMemType)
 
-    def __init__(self, memory_type: FirMemType, init_file: str | None = None, read_latency: int = 0):
+    def __init__(self, memory_type: FirMemType, init_file: str | None = None):
         init = None if init_file is None else FirMemInitAttr(StringAttr(init_file), BoolAttr.from_bool(False),
                                                              BoolAttr.from_bool(True))
-        properties = {"read_latency": IntAttr(read_latency)} | ({"init": init} if init else {})
-        super().__init__(result_types=[memory_type], properties=properties)
+        super().__init__(result_types=[memory_type], properties={"init": init} if init else {})
 
     def print(self, printer: Printer) -> None:
-        printer.print_string(f" {self.read_latency.data}, 1, undefined, port_order")
+        printer.print_string(" 0, 1, undefined, port_order")
         if self.init is not None:
             printer.print_string(" {init = ")
             printer.print_attribute(self.init)

@@ -12,8 +12,9 @@ bank must want the same row there (whoever generates the accesses proves
 it; the systolic program checker does); the bank takes the row of the first
 enabled lane that hits it, and writes merge the lanes' bytes with the
 word's byte mask. Reads are synchronous: the element of a lane addressed in
-cycle t arrives in cycle t + 1, which is what lets synthesis build the banks
-from block RAM. Copies of a memory are written together and each has its own
+cycle t arrives in cycle t + 1, through a register on the bank's output
+that synthesis folds into a block RAM (a read in the cycle of a write to the
+same word sees the old word). Copies of a memory are written together and each has its own
 read port: the way to give a memory more readers than a bank has ports.
 """
 
@@ -93,7 +94,7 @@ class Banked:
         self.bank_bits = layout.banks.bit_length() - 1
         self.row_bits = bits_for(layout.depth - 1)
         self.copies = [[m.memory(f"{layout.name}{copy if copies > 1 else ''}_b{bank}", layout.depth, 8 * WORD_BYTES,
-                                 mask=WORD_BYTES, init_file=layout.file(bank) if init else None, read_latency=1)
+                                 mask=WORD_BYTES, init_file=layout.file(bank) if init else None)
                         for bank in range(layout.banks)] for copy in range(copies)]
 
     def _bank(self, lane: Access) -> Signal | None:
@@ -118,7 +119,7 @@ class Banked:
         """Each lane's element (32 bits: an i8 sign-extended, or an i32), one cycle later."""
         m = self.m
         rows = [self._row(lane) for lane in lanes]
-        words = [memory.read(self._first(m, self._hits(lanes, bank), rows))
+        words = [m.delay(memory.read(self._first(m, self._hits(lanes, bank), rows)), name=memory.op.memory.name_hint)
                  for bank, memory in enumerate(self.copies[copy])]
         out = []
         for lane in lanes:

@@ -19,7 +19,7 @@ arithmetic reads like Verilog's. Every module has a clock `clk` and a
 synchronous reset `rst`; a `Register` resets to its `init` and takes the last
 `set` whose condition holds (later assignments win, as in an always block),
 holding its value otherwise. `Memory` is a `seq.firmem` with combinational
-or registered read ports and clocked, optionally byte-masked, write ports
+read ports and clocked, optionally byte-masked, write ports
 that do nothing during reset. `delay` adds pipeline registers; a `Backedge`
 stands for a value used before it is built.
 """
@@ -233,15 +233,13 @@ def _all_ones(signal: Signal) -> bool:
 
 
 class Memory:
-    """`depth` words of `width` bits; writes may be masked in `mask` equal lanes.
-    A read port answers in the same cycle, or with `read_latency` 1 in the next
-    (block RAM's synchronous read)."""
+    """`depth` words of `width` bits; writes may be masked in `mask` equal lanes."""
 
     def __init__(self, module: ModuleBuilder, name: str, depth: int, width: int, mask: int = 0,
-                 init_file: str | None = None, read_latency: int = 0):
+                 init_file: str | None = None):
         self.module = module
         self.type = FirMemType(IntAttr(depth), IntAttr(width), IntAttr(mask))
-        self.op = FirMemOp(self.type, init_file, read_latency)
+        self.op = FirMemOp(self.type, init_file)
         self.op.memory.name_hint = name
         module.block.add_op(self.op)
 
@@ -356,9 +354,8 @@ class ModuleBuilder:
         self.registers.append(register)
         return register
 
-    def memory(self, name: str, depth: int, width: int, mask: int = 0, init_file: str | None = None,
-               read_latency: int = 0) -> Memory:
-        return Memory(self, name, depth, width, mask, init_file, read_latency)
+    def memory(self, name: str, depth: int, width: int, mask: int = 0, init_file: str | None = None) -> Memory:
+        return Memory(self, name, depth, width, mask, init_file)
 
     def delay(self, signal: Signal, cycles: int = 1, name: str = "") -> Signal:
         """`signal` `cycles` clock cycles later, through registers without reset:

@@ -13,6 +13,7 @@ from systolic_models import compiled_int8, int8_inputs, options
 
 import compiler
 from backends.rtl import synth, verilator
+from backends.rtl.banked import BankLayout, banks_for
 from backends.systolic import isa
 from backends.systolic.codegen import Compiled, Place
 from backends.systolic.rtl.design import TOP, RtlConfig
@@ -233,3 +234,41 @@ def test_compile_emits_verilog_with_program_testbench_and_readme(capsys, tmp_pat
     layout = json.loads((out / "layout.json").read_text())
     assert layout["array"] == [4, 4] and set(layout["outputs"]) == {"y"}
     assert "verilator --cc --exe --build" in (out / "README.md").read_text()
+
+
+def test_programs_the_memories_cannot_serve_are_refused() -> None:
+    """Each client moves a run per cycle from block RAM: two lanes in one bank at
+    different rows, or a store of accumulators (which live apart from the
+    output unit's results), are named rather than run wrongly."""
+    config = ArrayConfig(4, 4, "ws", 1 << 16, 1 << 16, 1 << 16, 1 << 32, 16.0, 100, 1e9, ("i8",))
+
+    def check(text: str) -> None:
+        check_program(Compiled(config, isa.assemble("config rows=4 cols=4 dataflow=ws in_dtype=i8 acc_dtype=i32\n"
+                                                    + text + "\nhalt"), np.zeros(0, np.uint8), 1024, {}, {}))
+
+    transposed_post = """
+        view slot=4 spad=ofmap dtype=i32 offset=0 rows=8 cols=4 row_stride={pitch} col_stride=1
+        view slot=6 spad=ofmap dtype=i8 offset=4096 rows=8 cols=4 row_stride=1 col_stride=8
+        post tag=0 bias=0 relu=0 mode=wrap out_dtype=i8 multiplier=0 shift=0 zero_point=0 per_channel=0
+        wait tag=0"""
+    check(transposed_post.format(pitch=5))  # a column of accumulators five words apart: four banks
+    with pytest.raises(UnsupportedProgram, match="two of them in one bank"):
+        check(transposed_post.format(pitch=4))
+    with pytest.raises(UnsupportedProgram, match="stores what the output unit wrote"):
+        check("""
+            dma.load tag=0 spad=ofmap spad_addr=0 dram_addr=0 rows=1 row_bytes=64 dram_stride=0 spad_stride=0
+            wait tag=0
+            dma.store tag=1 spad=ofmap spad_addr=0 dram_addr=0 rows=1 row_bytes=64 dram_stride=0 spad_stride=0""")
+    with pytest.raises(UnsupportedProgram, match="stores from the ofmap"):
+        check("dma.store tag=1 spad=ifmap spad_addr=0 dram_addr=0 rows=1 row_bytes=4 dram_stride=0 spad_stride=0")
+
+
+def test_banked_memory_spreads_runs_over_banks() -> None:
+    """A run of n bytes at any address touches ceil((n + 3) / 4) words, one per bank."""
+    assert banks_for(4) == 2 and banks_for(16) == 8 and banks_for(1, words=8) == 8 and banks_for(5) == 2
+    layout = BankLayout("dram", 64, 4)
+    data = np.arange(64, dtype=np.uint8)
+    images = layout.image(data)
+    assert list(images) == [f"dram_b{bank}.hex" for bank in range(4)]
+    # Word w (bytes 4w..4w+3, little-endian) is line w // 4 of bank w % 4.
+    assert images["dram_b1.hex"].split()[1] == f"{int.from_bytes(bytes(data[20:24]), 'little'):08x}"

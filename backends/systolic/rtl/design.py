@@ -180,7 +180,7 @@ class _Builder:
         program_bits = max(1, (config.program_words - 1).bit_length())
         # Two copies: the sequencer's fetch and the drain read-ahead.
         self.program = [m.memory(f"program_{role}", config.program_words, WORD, mask=WORD // 8,
-                                 init_file=PROGRAM_FILE, read_latency=1) for role in ("fetch", "scout")]
+                                 init_file=PROGRAM_FILE) for role in ("fetch", "scout")]
         self.program_loader(program_bits)
         layouts = config.layouts
         self.dram = Banked(m, layouts["dram"], init=True)
@@ -190,7 +190,7 @@ class _Builder:
         self.out = Banked(m, layouts["out"])
         self.pc = m.reg("pc", program_bits)
         self.fetch_address = Backedge(m, program_bits)
-        self.word = self.program[0].read(self.fetch_address.signal).named("instruction")
+        self.word = m.delay(self.program[0].read(self.fetch_address.signal)).named("instruction")
 
         # Tags: pending until their transfer or post finishes, then done at a cycle.
         self.pending = m.reg("pending", 1 << TAG_BITS)
@@ -282,7 +282,7 @@ class _Builder:
         drain_view = m.reg("drain_view", WORD)
         start_scout = issue & is_stream
         scout_pc_next = m.mux(start_scout, self.pc.q + 1, m.mux(scouting.q, scout_pc.q + 1, scout_pc.q))
-        scout_word = self.program[1].read(scout_pc_next)
+        scout_word = m.delay(self.program[1].read(scout_pc_next))
         scout_view3 = scouting.q & is_op(scout_word, "view") & Fields(scout_word, "view")["slot"].eq(isa.SLOT_DRAIN)
         scout_drain = scouting.q & is_op(scout_word, "drain")
         known_now = drain_known.q | scout_drain
