@@ -134,16 +134,18 @@ class Banked:
         m = self.m
         accesses = [access for access, _ in lanes]
         rows = [self._row(access) for access in accesses]
+        # Per byte of a word: whether each lane writes it, and the byte it writes there.
+        covering = [[access.address[0:2].eq(position) if access.word is None else
+                     access.word | access.address[0:2].eq(position) for access in accesses]
+                    for position in range(WORD_BYTES)]
+        placed = [[value[0:8] if access.word is None else
+                   m.mux(access.word, value[8 * position:8 * position + 8], value[0:8])
+                   for access, value in lanes] for position in range(WORD_BYTES)]
         for bank in range(self.banks):
             hits = self._hits(accesses, bank)
             data, mask = [], []
-            for position in range(WORD_BYTES):
-                covers = [hit & (access.address[0:2].eq(position) if access.word is None else
-                                 access.word | access.address[0:2].eq(position))
-                          for hit, access in zip(hits, accesses)]
-                values = [value[0:8] if access.word is None else
-                          m.mux(access.word, value[8 * position:8 * position + 8], value[0:8])
-                          for access, value in lanes]
+            for covers_position, values in zip(covering, placed):
+                covers = [hit & cover for hit, cover in zip(hits, covers_position)]
                 data.append(self._first(m, covers, values))
                 mask.append(m.any_of(covers))
             row = self._first(m, hits, rows)

@@ -511,14 +511,12 @@ class _Builder:
         from_spad = self.out.read(0, [Access(spad, valid & ~loading) for valid, _, spad in beat])
         spad_index = m.delay(f["spad"])
         load_delayed, moved = m.delay(loading), [m.delay(valid) for valid, _, _ in beat]
-        for index, memory in enumerate(SPADS):
+        spad_then = [m.delay(spad) for _, _, spad in beat]
+        # A load into the ofmap fills the accumulators; `check_program` keeps the array off meanwhile.
+        for index, write in enumerate((self.ifmap.write, self.filter.write, self.acc_writes.extend)):
             chosen = load_delayed & spad_index.eq(index)
-            lanes = [(Access(m.delay(spad), valid & chosen), value)
-                     for (_, _, spad), valid, value in zip(beat, moved, from_dram)]
-            if memory == "ofmap":  # into the accumulators; `check_program` keeps the array off meanwhile
-                self.acc_writes += lanes
-            else:
-                (self.ifmap if memory == "ifmap" else self.filter).write(lanes)
+            write([(Access(address, valid & chosen), value)
+                   for address, valid, value in zip(spad_then, moved, from_dram)])
         self.dram.write([(Access(m.delay(dram), valid & ~load_delayed), value)
                          for (_, dram, _), valid, value in zip(beat, moved, from_spad)])
         self.pending_clears.append((finished, f["tag"]))
