@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_models.py
 	$(BIN)/python benchmarks/systolic_vs_scalesim.py
 	$(BIN)/python benchmarks/systolic_utilization.py
+	$(BIN)/python benchmarks/systolic_quant.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
