@@ -3,7 +3,8 @@ nextpnr-ecp5 (pip packages, no vendor tools): resource counts and Fmax.
 
 `synthesize` runs `synth_ecp5` and reads the cell counts of the result;
 `place_and_route` runs nextpnr-ecp5 on that netlist and reads the achieved
-clock frequency from its JSON report. `check` is the fast structural pass
+clock frequency from its JSON report, `critical_path` the path that sets
+it. `check` is the fast structural pass
 (`hierarchy; proc; check`) that tests can afford.
 """
 
@@ -123,3 +124,34 @@ def place_and_route(top: str, workdir: Path, device: str = "85k", package: str =
     if not fmax:
         raise InternalError("nextpnr-ecp5 reported no clock")
     return min(entry["achieved"] for entry in fmax.values())
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The slowest register-to-register path of a routed design: where it starts
+    and ends (nextpnr's cell names, which keep the netlist's signal names) and
+    how its delay splits between logic and routing."""
+
+    start: str
+    end: str
+    logic_ns: float
+    routing_ns: float
+    cells: int
+
+    @property
+    def total_ns(self) -> float:
+        return self.logic_ns + self.routing_ns
+
+
+def critical_path(workdir: Path) -> CriticalPath:
+    """The longest clock-to-clock path of `place_and_route`'s report (`pnr.json`
+    in `workdir`); paths from or to the pins are left out."""
+    paths = [path for path in json.loads((workdir / "pnr.json").read_text()).get("critical_paths", [])
+             if path["from"] != "<async>" and path["to"] != "<async>"]
+    if not paths:
+        raise InternalError("nextpnr-ecp5 reported no clock-to-clock path")
+    steps = max(paths, key=lambda path: sum(step["delay"] for step in path["path"]))["path"]
+    logic = sum(step["delay"] for step in steps if step["type"] != "routing")
+    routing = sum(step["delay"] for step in steps if step["type"] == "routing")
+    cells = len({step["to"]["cell"] for step in steps if step["type"] == "logic"})
+    return CriticalPath(steps[0]["from"]["cell"], steps[-1]["to"]["cell"], logic, routing, cells)

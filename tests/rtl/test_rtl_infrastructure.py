@@ -91,7 +91,12 @@ def test_yosys_and_nextpnr_report_resources_and_fmax(summer_verilog: dict[str, s
     report = synth.synthesize(summer_verilog, "summer", tmp_path)
     # 16 + 8 + 5 bits of registers at least; a memory, adders and comparators need LUTs.
     assert report.ffs >= 29 and report.luts > 0
-    assert 10 < synth.place_and_route("summer", tmp_path) < 1000
+    fmax = synth.place_and_route("summer", tmp_path)
+    assert 10 < fmax < 1000
+    path = synth.critical_path(tmp_path)  # the path that sets the Fmax, from and to registers
+    assert path.cells > 0 and path.logic_ns > 0 and path.routing_ns > 0
+    assert 1000 / path.total_ns == pytest.approx(fmax, rel=1e-3)
+    assert "$tr_io" not in path.start + path.end
 
 
 def test_classic_abc_maps_the_same_design(summer_verilog: dict[str, str], tmp_path: Path) -> None:
