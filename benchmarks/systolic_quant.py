@@ -31,7 +31,7 @@ from compiler.artifact import random_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "samples" / "digits"))
-from train_digits import main as write_digits  # noqa: E402
+from train_digits import main as write_digits
 
 DIGITS_SCHEMES = [None, "int8", "int8-per-channel", "w4-group32", "w4-group64", "w4-group128", "w4-awq", "mixed"]
 LENET_SCHEMES = [None, "int8", "int8-per-channel"]

@@ -28,8 +28,9 @@ simulator's timing model cycle for cycle (see `simulator.py`):
 Every memory is block RAM with synchronous reads (`backends.rtl.banked`), so
 each client addresses its data a cycle ahead: the sequencer fetches at the
 next `pc`, the array reads the row it consumes next cycle (and, idle, the
-first row of the view it may start next), the DMA engine and the output
-unit store a cycle after they read. Each client reads a run of consecutive
+first row of the view it may start next), the DMA engine stores a cycle
+after it reads, and the output unit three cycles after (it sums, scales,
+then rounds and clamps). Each client reads a run of consecutive
 elements per cycle, from a copy of its own where clients would share a
 port: the ifmap scratchpad has one copy per array row (an im2col gather
 reads one byte anywhere from each), the filter scratchpad one for the
@@ -56,6 +57,7 @@ TAG_BITS = 6  # tags are looked up modulo 64; `check_program` rules out aliasing
 COUNT_BITS = 32  # array-instruction counters
 CYCLE_BITS = 32
 ADDRESS_BITS = 32
+POST_WRITE_DELAY = 3  # cycles from an output-unit read to the write of its result
 SPADS = ("ifmap", "filter", "ofmap")
 WORD = 256
 
@@ -316,18 +318,28 @@ class _Builder:
         self.array_issue = issue
 
         # Stationary tile: shifts down one row per preload cycle, last row first. The
-        # row shifted in next cycle is read now: the preload's next, or row R - 1 of
-        # the view a preload starting next cycle would use.
+        # row shifted in next cycle is read now: row R - 1 of the view a preload
+        # starting next cycle would use, then, while preloading, the row above the
+        # last one, its address stepped down from a register.
         preloading_next = op_next.eq(1)
-        fetch_view = SelectedFields(preloading_next, Fields(view_now, "view"), self.view_next(isa.SLOT_PRELOAD))
-        fetch_row = m.mux(preloading_next, (remaining_next - 1)[0:16], m.const(R - 1, 16))
-        row_base = fetch_view["offset"].zext(ADDRESS_BITS) + fetch_row.zext(ADDRESS_BITS) * fetch_view["row_stride"].zext(ADDRESS_BITS)
-        col_stride = fetch_view["col_stride"].zext(ADDRESS_BITS)
+        first = self.view_next(isa.SLOT_PRELOAD)
+        row_stride = self.held("preload_row_stride", preloading_next, first["row_stride"].zext(ADDRESS_BITS))
+        rows = self.held("preload_rows", preloading_next, first["rows"])
+        fetch_row_reg = m.reg("preload_row", 16)
+        fetch_row = m.mux(preloading_next, fetch_row_reg.q - 1, m.const(R - 1, 16))
+        fetch_row_reg.set(fetch_row)
+        base_reg = m.reg("preload_base", ADDRESS_BITS)
+        first_base = first["offset"].zext(ADDRESS_BITS) + times(m, first["row_stride"].zext(ADDRESS_BITS), R - 1)
+        row_base = m.mux(preloading_next, base_reg.q - row_stride, first_base)
+        base_reg.set(row_base)
         one = m.const(1, 1)
-        columns = self.filter.read(0, [Access(row_base + times(m, col_stride, j), one) for j in range(C)])
+        col_stride = first["col_stride"].zext(ADDRESS_BITS)
+        lane_offsets = [self.held(f"preload_lane{j}", preloading_next, times(m, col_stride, j)) for j in range(C)]
+        columns = self.filter.read(0, [Access(row_base + offset, one) for offset in lane_offsets])
         weights = [[m.reg(f"w_{i}_{j}", 8) for j in range(C)] for i in range(R)]
         for j in range(C):
-            valid = m.delay(fetch_row.ult(fetch_view["rows"]) & fetch_view["cols"].ugt(j))
+            in_view = self.held(f"preload_in_view{j}", preloading_next, first["cols"].ugt(j))
+            valid = m.delay(fetch_row.ult(rows) & in_view)
             weights[0][j].set(m.mux(valid, columns[j][0:8], 0), when=preload_tick)
             for i in range(1, R):
                 weights[i][j].set(weights[i - 1][j].q, when=preload_tick)
@@ -336,9 +348,7 @@ class _Builder:
         # cycle ahead like the preload's.
         feeding = op_now.eq(2)
         streaming_next = op_next.eq(2)
-        stream_view = SelectedFields(streaming_next, Fields(view_now, "view"), self.view_next(isa.SLOT_LEFT))
-        left = self.stream_row(stream_view, m.mux(streaming_next, tick_next[0:16], m.const(0, 16)),
-                               streaming_next, pipe_tick, R)
+        left = self.stream_row(self.view_next(isa.SLOT_LEFT), streaming_next, pipe_tick, R)
         inputs = [m.mux(feeding & tick_now.ult(rows_now.zext(17)) & valid, value, 0) for value, valid in left]
         skewed = []
         for i, value in enumerate(inputs):
@@ -398,38 +408,107 @@ class _Builder:
         self.acc_writes += [(lane, m.mux(accumulate, previous + value, value))
                             for lane, previous, value in zip(writes, old, aligned)]
 
-    def stream_row(self, matrix: Fields, row: Signal, streaming_next: Signal, pipe_tick: Signal,
-                   lanes: int) -> list[tuple[Signal, Signal]]:
-        """(value, in bounds) next cycle of each element of row `row` of a matrix
-        or im2col view (i8) read now."""
-        m = self.m
-        im2col, is_im2col = matrix.retyped("view.im2col"), matrix.is_op("view.im2col")
-        # Output pixel of the row read, stepped from the view's (oh0, ow0) as the stream moves.
-        out_w = im2col["out_w"].zext(20)
-        oh = m.reg("stream_oh", 20)
-        ow = m.reg("stream_ow", 20)
-        wrap = (ow.q + 1).eq(out_w)
-        step = streaming_next & pipe_tick
-        oh_now = m.mux(streaming_next, m.mux(step & wrap, oh.q + 1, oh.q), im2col["oh0"])
-        ow_now = m.mux(streaming_next, m.mux(step, m.mux(wrap, m.const(0, 20), ow.q + 1), ow.q),
-                       im2col["ow0"].zext(20))
-        oh.set(oh_now)
-        ow.set(ow_now)
+    def held(self, name: str, busy: Signal, value: Signal) -> Signal:
+        """`value` while a unit is not `busy`, and what it was when the unit
+        started while it is: a view's field, read as the unit starts and kept
+        in a register for the rest of the instruction."""
+        register = self.m.reg(name, value.width)
+        now = self.m.mux(busy, register.q, value)
+        register.set(now)
+        return now
 
-        # Window position of lane 0, from the view; the other lanes step from it by one.
+    def stream_row(self, first: Fields, streaming_next: Signal, pipe_tick: Signal,
+                   lanes: int) -> list[tuple[Signal, Signal]]:
+        """(value, in bounds) next cycle of each element of the row of the left
+        operand read now: row 0 of `first`, the view a stream starting next
+        cycle would use, or, while streaming, the row after the last one read
+        once the array ticks. Only row 0 is computed from the view's fields
+        (window position of each lane, output pixel); later rows step
+        registers by the view's strides, so the stream's addresses need no
+        multiplier and do not wait for the decoder's choice of row."""
+        m = self.m
+        im2col, is_im2col = first.retyped("view.im2col"), first.is_op("view.im2col")
+        bits = ADDRESS_BITS
+
+        # Row 0 of `first`: (row_h, row_w) = (oh * stride_h - row0, ow * stride_w - col0) is
+        # its output pixel's window corner, `base` = offset + row_h * band_w the byte of
+        # the corner's image row; a matrix view has row_w = 0 and base = offset.
+        band_w = im2col["band_w"].zext(bits)
+        row_h = im2col["oh0"].zext(bits) * im2col["stride_h"].zext(bits) - im2col["row0"].zext(bits)
+        row_w = im2col["ow0"].zext(bits) * im2col["stride_w"].zext(bits) - im2col["col0"].zext(bits)
+        offset = first["offset"].zext(bits)
+        first_row = {
+            "base": m.mux(is_im2col, offset + row_h * band_w, offset),
+            "row_h": row_h,
+            "row_w": m.mux(is_im2col, row_w, m.const(0, bits)),
+            "ow": m.mux(is_im2col, im2col["ow0"].zext(20), m.const(0, 20)),
+        }
+        # How a row steps to the next: along the output row by stride_w, and at its
+        # end back to col0 on the next row (a matrix view: always the next row).
+        first_step = {
+            "out_w": m.mux(is_im2col, im2col["out_w"].zext(20), m.const(1, 20)),
+            "stride_w": im2col["stride_w"].zext(bits),
+            "stride_h": im2col["stride_h"].zext(bits),
+            "line": m.mux(is_im2col, im2col["stride_h"].zext(bits) * band_w, first["row_stride"].zext(bits)),
+            "row_w_start": m.mux(is_im2col, m.const(0, bits) - im2col["col0"].zext(bits), m.const(0, bits)),
+            "band_h": im2col["band_h"].zext(bits),
+            "band_w": band_w,
+            "pad": im2col["pad_value"],
+            "is_im2col": is_im2col,
+        }
+        first_lanes = self.lane_offsets(first, lanes)
+
+        constants = {name: self.held(f"stream_{name}", streaming_next, value) for name, value in first_step.items()}
+        lane_constants = [{name: self.held(f"stream_{name}{j}", streaming_next, value) for name, value in lane.items()}
+                          for j, lane in enumerate(first_lanes)]
+        row_registers = {name: m.reg(f"stream_{name}", value.width) for name, value in first_row.items()}
+        last = {name: register.q for name, register in row_registers.items()}
+        wrap = (last["ow"] + 1).eq(constants["out_w"])
+        stepped = {
+            "base": m.mux(wrap, last["base"] + constants["line"], last["base"]),
+            "row_h": m.mux(wrap, last["row_h"] + constants["stride_h"], last["row_h"]),
+            "row_w": m.mux(wrap, constants["row_w_start"], last["row_w"] + constants["stride_w"]),
+            "ow": m.mux(wrap, m.const(0, 20), last["ow"] + 1),
+        }
+        row = {name: m.mux(streaming_next, m.mux(pipe_tick, stepped[name], last[name]), first_row[name])
+               for name in first_row}
+        for name, register in row_registers.items():
+            register.set(row[name])
+
+        pad = m.delay(constants["pad"])
+        im2col_now = constants["is_im2col"]
+        out = []
+        for j, lane in enumerate(lane_constants):
+            ih, iw = row["row_h"] + lane["kh_offset"], row["row_w"] + lane["kw_offset"]
+            inside = (ih.slt(constants["band_h"]) & ih.sge(0) & iw.slt(constants["band_w"]) & iw.sge(0))
+            address = row["base"] + row["row_w"] + lane["offset"]
+            (value,) = self.ifmap.read(j, [Access(address, m.const(1, 1))])
+            padded = m.delay(im2col_now & ~inside)
+            in_view = lane["in_view"]
+            # As the simulator does, stop on a read past the scratchpad (a view the
+            # compiler should never produce).
+            outside = in_view & (~im2col_now | inside) & address.uge(self.config.spad_bytes[0])
+            self.faults.append(pipe_tick & m.delay(streaming_next & outside))
+            out.append((m.mux(padded, pad, value[0:8]), m.delay(in_view)))
+        return out
+
+    def lane_offsets(self, view: Fields, lanes: int) -> list[dict[str, Signal]]:
+        """Per lane of a row of `view`: its byte offset from the row's start (an
+        im2col lane's window element: channel, kernel row and column, stepped
+        from the view's (c0, kh0, kw0) one lane at a time), the element's
+        (row, column) offset inside the window, and whether the view has it."""
+        m = self.m
+        bits = ADDRESS_BITS
+        im2col, is_im2col = view.retyped("view.im2col"), view.is_op("view.im2col")
         kernel_w, kernel_h = im2col["kernel_w"], im2col["kernel_h"]
-        band_w = im2col["band_w"].zext(32)
-        dilation_h, dilation_w = im2col["dilation_h"].zext(32), im2col["dilation_w"].zext(32)
+        band_w = im2col["band_w"].zext(bits)
+        dilation_h, dilation_w = im2col["dilation_h"].zext(bits), im2col["dilation_w"].zext(bits)
+        channel_stride = im2col["channel_stride"].zext(bits)
         kh, kw = im2col["kh0"], im2col["kw0"]
-        channel_base = im2col["c0"].zext(32) * im2col["channel_stride"].zext(32)
-        kh_offset, kw_offset = kh.zext(32) * dilation_h, kw.zext(32) * dilation_w
+        channel_base = im2col["c0"].zext(bits) * channel_stride
+        kh_offset, kw_offset = kh.zext(bits) * dilation_h, kw.zext(bits) * dilation_w
         kh_linear = kh_offset * band_w
-        # The row's part: (oh * stride_h - row0, ow * stride_w - col0), shared by the lanes.
-        row_h = (oh_now.zext(32) * im2col["stride_h"].zext(32)) - im2col["row0"].zext(32)
-        row_w = (ow_now.zext(32) * im2col["stride_w"].zext(32)) - im2col["col0"].zext(32)
-        row_linear = row_h * band_w + row_w
-        pad = m.delay(im2col["pad_value"])
-        matrix_row = matrix["offset"].zext(32) + row.zext(32) * matrix["row_stride"].zext(32)
+        col_stride = view["col_stride"].zext(bits)
         out = []
         for j in range(lanes):
             if j:
@@ -437,26 +516,13 @@ class _Builder:
                 wrap_w = next_kw.eq(kernel_w)
                 next_kh = m.mux(wrap_w, kh + 1, kh)
                 wrap_h = wrap_w & next_kh.eq(kernel_h)
-                kw, kw_offset = m.mux(wrap_w, 0, next_kw), m.mux(wrap_w, m.const(0, 32), kw_offset + dilation_w)
+                kw, kw_offset = m.mux(wrap_w, 0, next_kw), m.mux(wrap_w, m.const(0, bits), kw_offset + dilation_w)
                 kh = m.mux(wrap_h, 0, next_kh)
-                kh_offset = m.mux(wrap_h, m.const(0, 32), m.mux(wrap_w, kh_offset + dilation_h, kh_offset))
-                kh_linear = m.mux(wrap_h, m.const(0, 32), m.mux(wrap_w, kh_linear + dilation_h * band_w, kh_linear))
-                channel_base = m.mux(wrap_h, channel_base + im2col["channel_stride"].zext(32), channel_base)
-            ih, iw = row_h + kh_offset, row_w + kw_offset
-            inside = (ih.slt(im2col["band_h"].zext(32)) & ih.sge(0) &
-                      iw.slt(band_w) & iw.sge(0))
-            index = channel_base + row_linear + kh_linear + kw_offset
-            im2col_address = im2col["offset"].zext(32) + index
-            matrix_address = matrix_row + times(m, matrix["col_stride"].zext(32), j)
-            address = m.mux(is_im2col, im2col_address, matrix_address)
-            (value,) = self.ifmap.read(j, [Access(address, m.const(1, 1))])
-            padded = m.delay(is_im2col & ~inside)
-            in_view = m.mux(is_im2col, im2col["cols"], matrix["cols"]).ugt(j)
-            # As the simulator does, stop on a read past the scratchpad (a view the
-            # compiler should never produce).
-            outside = in_view & (~is_im2col | inside) & address.uge(self.config.spad_bytes[0])
-            self.faults.append(pipe_tick & m.delay(streaming_next & outside))
-            out.append((m.mux(padded, pad, value[0:8]), m.delay(in_view)))
+                kh_offset = m.mux(wrap_h, m.const(0, bits), m.mux(wrap_w, kh_offset + dilation_h, kh_offset))
+                kh_linear = m.mux(wrap_h, m.const(0, bits), m.mux(wrap_w, kh_linear + dilation_h * band_w, kh_linear))
+                channel_base = m.mux(wrap_h, channel_base + channel_stride, channel_base)
+            out.append({"offset": m.mux(is_im2col, channel_base + kh_linear + kw_offset, times(m, col_stride, j)),
+                        "kh_offset": kh_offset, "kw_offset": kw_offset, "in_view": view["cols"].ugt(j)})
         return out
 
     # -- DMA -------------------------------------------------------------------------------
@@ -580,34 +646,49 @@ class _Builder:
                                      valid & post["bias"], bias_i32))
             out_lanes.append(Access(out["offset"].zext(ADDRESS_BITS) + m.mux(out_i32, out_index << 2, out_index),
                                     valid, out_i32))
-        # Accumulators and bias arrive next cycle, when the outputs are written.
+        # A pipeline from the reads to the writes: accumulators and bias arrive next
+        # cycle and are summed, then scaled, then rounded, clamped and written, three
+        # cycles after the read. The extra two cycles are the distance the output
+        # memory has to its only reader: a store of the results is issued after a
+        # `wait` for the post's tag (`check_program` insists), so its first read
+        # comes three cycles after the post's last.
         values = self.acc.read(1, acc_lanes)
         biases = self.filter.read(1, bias_lanes)
-        post_then = Fields(m.delay(current[0:post_bits]), "post")
-        out_i32_then = post_then["out_dtype"].eq(isa.DTYPES.index("i32"))
+        sums = [m.delay(m.mux(m.delay(post["bias"]), value + bias_value, value))
+                for value, bias_value in zip(values, biases)]
+        products = [m.delay(self.scale(m.delay(post["multiplier"], 2), value)) for value in sums]
+        final_post = {name: m.delay(post[name], POST_WRITE_DELAY)
+                      for name in ("mode", "out_dtype", "shift", "zero_point", "relu")}
+        out_i32 = final_post["out_dtype"].eq(isa.DTYPES.index("i32"))
         results = []
-        for value, bias_value in zip(values, biases):
-            value = m.mux(post_then["bias"], value + bias_value, value)
-            converted, floor = self.convert(post_then, value, out_i32_then)
+        for value, product in zip(sums, products):
+            converted, floor = self.convert(final_post, m.delay(value), product, out_i32)
             relu_value = m.mux(converted.slt(floor), floor, converted)
-            results.append(m.mux(post_then["relu"], relu_value, converted))
-        self.out.write([(Access(m.delay(lane.address), m.delay(lane.enable), out_i32_then), result)
-                        for lane, result in zip(out_lanes, results)])
+            results.append(m.mux(final_post["relu"], relu_value, converted))
+        self.out.write([(Access(m.delay(lane.address, POST_WRITE_DELAY), m.delay(lane.enable, POST_WRITE_DELAY),
+                                out_i32), result) for lane, result in zip(out_lanes, results)])
         self.pending_clears.append((finished, post["tag"]))
         self.done_updates.append((finished, post["tag"], self.cycle.q + 2))
         self.post_idle = ~active.q & queue.empty
 
-    def convert(self, post: Fields, value: Signal, out_i32: Signal) -> tuple[Signal, Signal]:
-        """`value` (i32) in the output type, sign-extended to 32 bits, and relu's floor."""
+    def scale(self, multiplier: Signal, value: Signal) -> Signal:
+        """The signed 64-bit product of `value` (i32) and the requantizer's `multiplier`.
+        It is formed as an unsigned 32 x 32 product minus the sign's weight: with
+        zero-extended operands synthesis sees a 32 x 32 multiplier (DSP blocks), where
+        sign-extended ones would make it a 64 x 32 one in logic."""
+        m = self.m
+        multiplier = multiplier.zext(64)
+        return value.zext(64) * multiplier - m.mux(value[31], multiplier << 32, m.const(0, 64))
+
+    def convert(self, post: dict[str, Signal], value: Signal, product: Signal,
+                out_i32: Signal) -> tuple[Signal, Signal]:
+        """`value` (i32) in the output type, sign-extended to 32 bits, and relu's
+        floor, by the post's fields `post`; `product` is `scale` of it, for
+        requantization."""
         m = self.m
         requant = post["mode"].eq(isa.POST_MODES.index("requant"))
         wrapped = m.mux(out_i32, value, value[0:8].sext(32))
         shift = post["shift"].zext(64)
-        # The signed 32 x 32 product as an unsigned one minus the sign's weight: with
-        # zero-extended operands synthesis sees a 32 x 32 multiplier (DSP blocks), where
-        # sign-extended ones would make it a 64 x 32 one in logic.
-        multiplier = post["multiplier"].zext(64)
-        product = value.zext(64) * multiplier - m.mux(value[31], multiplier << 32, m.const(0, 64))
         half = m.const(1, 64) << (shift - 1)
         rounding = m.mux(shift.eq(0), m.const(0, 64), half - product[63].zext(64))
         scaled = (product + rounding).ashr(shift) + post["zero_point"].sext(64)

@@ -16,6 +16,7 @@ import numpy as np
 from backends.systolic import isa
 from backends.systolic.codegen import Compiled
 from backends.systolic.rtl.design import (
+    POST_WRITE_DELAY,
     PROGRAM_FILE,
     SPADS,
     TAG_BITS,
@@ -62,6 +63,7 @@ def check_program(compiled: Compiled) -> None:
     memories = _Memories(rtl_config(compiled))
     outstanding: dict[int, int] = {}  # tag slot -> tag issued into it and not yet waited for
     accumulator_loads: set[int] = set()  # tags of DMA loads into the ofmap not yet waited for
+    posts: set[int] = set()  # tags of posts not yet waited for
     views: dict[int, isa.Instruction] = {}
     streaming = False
     for position, ins in enumerate(program):
@@ -98,11 +100,17 @@ def check_program(compiled: Compiled) -> None:
                 raise fail(f"tag {ins['tag']} shares a slot of the RTL's tag table with tag "
                            f"{outstanding[slot]}, which is still outstanding")
             outstanding[slot] = ins["tag"]
+        if op == "dma.store" and posts:
+            raise fail(f"a store issued before the post with tag {min(posts)} was waited for; the RTL's output "
+                       f"unit writes its results up to {POST_WRITE_DELAY} cycles after reading their accumulators")
         if op == "dma.load" and SPADS[ins["spad"]] == "ofmap":
             accumulator_loads.add(ins["tag"])
+        if op == "post":
+            posts.add(ins["tag"])
         if op == "wait":
             outstanding.pop(ins["tag"] % (1 << TAG_BITS), None)
             accumulator_loads.discard(ins["tag"])
+            posts.discard(ins["tag"])
         problem = memories.check(ins, views)
         if problem:
             raise fail(problem)
