@@ -494,21 +494,21 @@ class _Builder:
 
     def lane_offsets(self, view: Fields, lanes: int) -> list[dict[str, Signal]]:
         """Per lane of a row of `view`: its byte offset from the row's start (an
-        im2col lane's window element: channel, kernel row and column, one lane
-        past the previous lane's from the view's (c0, kh0, kw0)), the element's
-        (row, column) offset inside the window, and whether the view has it.
-        Only the narrow window position steps from lane to lane; each lane's
-        offsets are products of its own position, side by side."""
+        im2col lane's window element: channel, kernel row and column, stepped
+        from the view's (c0, kh0, kw0) one lane at a time), the element's
+        (row, column) offset inside the window, and whether the view has it."""
         m = self.m
         bits = ADDRESS_BITS
         im2col, is_im2col = view.retyped("view.im2col"), view.is_op("view.im2col")
         kernel_w, kernel_h = im2col["kernel_w"], im2col["kernel_h"]
         band_w = im2col["band_w"].zext(bits)
+        dilation_h, dilation_w = im2col["dilation_h"].zext(bits), im2col["dilation_w"].zext(bits)
         channel_stride = im2col["channel_stride"].zext(bits)
-        channel_base = im2col["c0"].zext(bits) * channel_stride
-        col_stride = view["col_stride"].zext(bits)
         kh, kw = im2col["kh0"], im2col["kw0"]
-        channels = m.const(0, bits_for(lanes))  # how many channels the lane is past c0
+        channel_base = im2col["c0"].zext(bits) * channel_stride
+        kh_offset, kw_offset = kh.zext(bits) * dilation_h, kw.zext(bits) * dilation_w
+        kh_linear = kh_offset * band_w
+        col_stride = view["col_stride"].zext(bits)
         out = []
         for j in range(lanes):
             if j:
@@ -516,13 +516,12 @@ class _Builder:
                 wrap_w = next_kw.eq(kernel_w)
                 next_kh = m.mux(wrap_w, kh + 1, kh)
                 wrap_h = wrap_w & next_kh.eq(kernel_h)
-                kw = m.mux(wrap_w, 0, next_kw)
+                kw, kw_offset = m.mux(wrap_w, 0, next_kw), m.mux(wrap_w, m.const(0, bits), kw_offset + dilation_w)
                 kh = m.mux(wrap_h, 0, next_kh)
-                channels = m.mux(wrap_h, channels + 1, channels)
-            kh_offset = (kh.zext(8) * im2col["dilation_h"].zext(8)).zext(bits)
-            kw_offset = (kw.zext(8) * im2col["dilation_w"].zext(8)).zext(bits)
-            window = channel_base + channels.zext(bits) * channel_stride + kh_offset * band_w + kw_offset
-            out.append({"offset": m.mux(is_im2col, window, times(m, col_stride, j)),
+                kh_offset = m.mux(wrap_h, m.const(0, bits), m.mux(wrap_w, kh_offset + dilation_h, kh_offset))
+                kh_linear = m.mux(wrap_h, m.const(0, bits), m.mux(wrap_w, kh_linear + dilation_h * band_w, kh_linear))
+                channel_base = m.mux(wrap_h, channel_base + channel_stride, channel_base)
+            out.append({"offset": m.mux(is_im2col, channel_base + kh_linear + kw_offset, times(m, col_stride, j)),
                         "kh_offset": kh_offset, "kw_offset": kw_offset, "in_view": view["cols"].ugt(j)})
         return out
 
