@@ -257,7 +257,6 @@ class _Builder:
         remaining = m.reg("array_remaining", 17)
         tick = m.reg("array_tick", 17)
         stream_rows = m.reg("stream_rows", 16)
-        op_view = m.reg("array_view", WORD)
         idle = op.q.eq(0)
         self.array_idle = idle
 
@@ -265,10 +264,8 @@ class _Builder:
         array_instruction = is_preload | is_stream | is_drain
         issue = running & array_instruction & idle
         new_op = m.mux(is_preload, 1, m.mux(is_stream, 2, 3)).zext(2)
-        preload_view, left_view = self.views[isa.SLOT_PRELOAD].q, self.views[isa.SLOT_LEFT].q
-        fresh_view = m.mux(is_preload, preload_view, left_view)
+        left_view = self.views[isa.SLOT_LEFT].q
         op_now = m.mux(issue, new_op, op.q)
-        view_now = m.mux(issue, fresh_view, op_view.q)
         matrix_rows = Fields(left_view, "view")["rows"]
         duration = m.mux(is_preload, m.const(R, 17),
                          m.mux(is_stream, matrix_rows.zext(17), m.const(R + C - 2, 17)))
@@ -312,7 +309,6 @@ class _Builder:
         remaining.set(remaining_next)
         tick.set(tick_next)
         stream_rows.set(rows_now)
-        op_view.set(view_now)
         self.issued.set(self.issued.q + 1, when=issue)
         self.completed.set(self.completed.q + 1, when=last)
         self.array_issue = issue
